@@ -1,0 +1,1 @@
+//! Core benchmark (filled in below).

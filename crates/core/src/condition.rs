@@ -1,0 +1,55 @@
+//! Conditioning: continuous prefix vectors and/or a token prompt.
+
+use serde::{Deserialize, Serialize};
+
+/// What a sequence is conditioned on. Continuous vectors (robot observation, OD features, music
+/// style) are encoded by the model's condition MLP into `cond_len` prefix positions; the token
+/// prompt is clean context placed before the generated tokens. Both are dropped together with
+/// the train config's `cond_drop_prob` so classifier-free guidance has an unconditional model.
+pub trait Condition {
+    /// `cond_len × cond_dim` values, row-major, or `None`.
+    fn vectors(&self) -> Option<&[f32]> {
+        None
+    }
+    /// Prompt token ids (clean, never noised, no loss).
+    fn prompt(&self) -> &[u32] {
+        &[]
+    }
+}
+
+/// A plain condition value.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Conditioning {
+    /// Prompt token ids.
+    pub prompt: Vec<u32>,
+    /// Continuous condition vectors, `cond_len × cond_dim` row-major.
+    pub vectors: Option<Vec<f32>>,
+}
+
+impl Condition for Conditioning {
+    fn vectors(&self) -> Option<&[f32]> {
+        self.vectors.as_deref()
+    }
+    fn prompt(&self) -> &[u32] {
+        &self.prompt
+    }
+}
+
+/// One training sequence.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Example {
+    /// Target token ids (the trainer pads to the sequence length with `EOS`, `PAD`...).
+    pub tokens: Vec<u32>,
+    /// What the sequence is conditioned on.
+    pub condition: Conditioning,
+}
+
+impl Example {
+    /// An unconditioned example.
+    pub fn tokens(tokens: Vec<u32>) -> Self {
+        Self {
+            tokens,
+            condition: Conditioning::default(),
+        }
+    }
+}

@@ -1,0 +1,41 @@
+//! # blockdiff-core
+//!
+//! The engine of blockdiff: block-wise discrete diffusion for non-text sequences.
+//!
+//! A sequence is generated block by block, left to right, with a KV cache of finished blocks;
+//! inside a block all tokens start masked and are denoised in parallel, several committed per
+//! model call. Domains plug in a [`tokenizer::Tokenizer`], a [`constraint::Constraint`] and a
+//! [`condition::Condition`]; the core does the rest:
+//!
+//! | stage | module |
+//! |---|---|
+//! | vocabularies, specials | [`tokenizer`] |
+//! | allowed tokens per position | [`constraint`] |
+//! | prefix vectors / prompts | [`condition`] |
+//! | transformer | [`model`], [`mask`], [`cache`] |
+//! | noise & LR schedules | [`schedule`] |
+//! | BD3-LM training | [`train`] |
+//! | block sampling | [`sample`] |
+//! | save / load | [`checkpoint`] |
+//! | synthetic benchmark source | [`synthetic`] |
+
+pub mod bench;
+pub mod cache;
+pub mod checkpoint;
+pub mod condition;
+pub mod constraint;
+pub mod error;
+pub mod mask;
+pub mod model;
+pub mod sample;
+pub mod schedule;
+pub mod synthetic;
+pub mod tokenizer;
+pub mod train;
+
+/// The CPU backend used by default (burn's pure-Rust `flex`).
+pub type CpuBackend = burn::backend::Flex;
+/// The CPU training backend.
+pub type CpuTrainBackend = burn::backend::Autodiff<burn::backend::Flex>;
+
+pub use burn;

@@ -1,0 +1,91 @@
+//! Attention masks (true = blocked), built once per shape on the CPU.
+//!
+//! Notation: `C` clean context positions (condition vectors and prompt tokens) come first,
+//! then the sequence of `L` tokens split into blocks of `b`.
+
+use burn::prelude::*;
+
+/// The BD3-LM training mask over `[context (C) ⊕ x_t (L) ⊕ x_0 (L)]`:
+/// - context attends to context;
+/// - `x_t` block `i` attends to the context, to itself (block-diagonal), and to `x_0` blocks
+///   `< i` (offset block-causal);
+/// - `x_0` block `i` attends to the context and to `x_0` blocks `≤ i` (block-causal).
+pub fn training_mask_data(context: usize, len: usize, block: usize) -> Vec<bool> {
+    let n = context + 2 * len;
+    let mut allowed = vec![false; n * n];
+    let blk = |p: usize| p / block;
+    for q in 0..n {
+        for k in 0..n {
+            let ok = if k < context {
+                true
+            } else if q < context {
+                false
+            } else {
+                let (q_clean, qi) = if q < context + len {
+                    (false, q - context)
+                } else {
+                    (true, q - context - len)
+                };
+                let (k_clean, ki) = if k < context + len {
+                    (false, k - context)
+                } else {
+                    (true, k - context - len)
+                };
+                match (q_clean, k_clean) {
+                    (false, false) => blk(qi) == blk(ki),
+                    (false, true) => blk(ki) < blk(qi),
+                    (true, false) => false,
+                    (true, true) => blk(ki) <= blk(qi),
+                }
+            };
+            allowed[q * n + k] = ok;
+        }
+    }
+    allowed.into_iter().map(|a| !a).collect()
+}
+
+/// The inference mask over `[context (C) ⊕ tokens (L)]`: bidirectional inside a block,
+/// causal across blocks; the context is visible to all and sees only itself. This is what the
+/// KV-cached sampler computes incrementally, so it is the cache's exactness reference.
+pub fn block_causal_mask_data(context: usize, len: usize, block: usize) -> Vec<bool> {
+    let n = context + len;
+    let mut blocked = vec![false; n * n];
+    for q in 0..n {
+        for k in 0..n {
+            let ok = if k < context {
+                true
+            } else if q < context {
+                false
+            } else {
+                (k - context) / block <= (q - context) / block
+            };
+            blocked[q * n + k] = !ok;
+        }
+    }
+    blocked
+}
+
+/// Mask for a sampling pass that appends `clean` positions (a just-finished block) and then
+/// `noisy` positions (the next block, all masked) on top of `cached` positions: the clean rows
+/// must not see the noisy block, everything else is visible. Shape `[clean+noisy, cached+clean+noisy]`.
+pub fn append_mask_data(cached: usize, clean: usize, noisy: usize) -> Vec<bool> {
+    let q = clean + noisy;
+    let k = cached + q;
+    let mut blocked = vec![false; q * k];
+    for r in 0..clean {
+        for c in cached + clean..k {
+            blocked[r * k + c] = true;
+        }
+    }
+    blocked
+}
+
+/// Uploads a `[q, k]` mask as `[1, 1, q, k]`.
+pub fn to_tensor<B: Backend>(
+    data: Vec<bool>,
+    q: usize,
+    k: usize,
+    device: &B::Device,
+) -> Tensor<B, 4, Bool> {
+    Tensor::<B, 1, Bool>::from_data(TensorData::new(data, [q * k]), device).reshape([1, 1, q, k])
+}

@@ -1,0 +1,440 @@
+//! The denoiser: a decoder-only transformer with block-causal attention.
+//!
+//! One set of weights serves three uses:
+//! - training on `prefix ⊕ x_t ⊕ x_0` with the BD3-LM mask ([`crate::mask`]),
+//! - sampling one block at a time against a [`KvCache`] of finished blocks,
+//! - a full recompute of a whole sequence with the block-causal mask (the cache's reference).
+//!
+//! Layout per layer: pre-RMSNorm, multi-head attention with RoPE, pre-RMSNorm, SwiGLU MLP.
+
+use burn::module::{Module, Param};
+use burn::nn::{Embedding, EmbeddingConfig, Linear, LinearConfig, RmsNorm, RmsNormConfig};
+use burn::prelude::*;
+use burn::tensor::activation::silu;
+use burn::tensor::module::attention;
+use burn::tensor::ops::AttentionModuleOptions;
+
+use crate::cache::{KvCache, LayerKv};
+
+/// Hyper-parameters of [`BlockDiffusionModel`]. Saved as `config.json` next to every checkpoint.
+#[derive(Config, Debug, PartialEq)]
+pub struct BlockDiffusionConfig {
+    /// Vocabulary size including the reserved special tokens.
+    pub vocab_size: usize,
+    /// Width of the residual stream.
+    #[config(default = 128)]
+    pub d_model: usize,
+    /// Number of transformer layers.
+    #[config(default = 4)]
+    pub n_layers: usize,
+    /// Number of attention heads; `d_model` must be divisible by it.
+    #[config(default = 4)]
+    pub n_heads: usize,
+    /// Hidden width of the SwiGLU MLP; 0 picks the LLaMA default `≈ 8/3 · d_model` rounded to 8.
+    #[config(default = 0)]
+    pub d_ff: usize,
+    /// Longest sequence (prefix + tokens) the model is used on; checked, not stored in weights.
+    #[config(default = 4096)]
+    pub max_len: usize,
+    /// RoPE base frequency.
+    #[config(default = 10000.0)]
+    pub rope_theta: f64,
+    /// RMSNorm epsilon.
+    #[config(default = 1e-5)]
+    pub norm_eps: f64,
+    /// Width of each continuous condition vector (0 = no continuous condition).
+    #[config(default = 0)]
+    pub cond_dim: usize,
+    /// Number of continuous condition vectors placed before the tokens.
+    #[config(default = 0)]
+    pub cond_len: usize,
+    /// Width of the optional per-token feature table (0 = off). See
+    /// [`BlockDiffusionModel::with_token_features`].
+    #[config(default = 0)]
+    pub token_feature_dim: usize,
+}
+
+impl BlockDiffusionConfig {
+    /// SwiGLU hidden width actually used.
+    pub fn ff_width(&self) -> usize {
+        if self.d_ff > 0 {
+            self.d_ff
+        } else {
+            (self.d_model * 8 / 3).div_ceil(8) * 8
+        }
+    }
+
+    /// Width of one attention head.
+    pub fn head_dim(&self) -> usize {
+        self.d_model / self.n_heads
+    }
+
+    /// Checks the invariants `init` relies on.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.vocab_size == 0 {
+            return Err("vocab_size must be > 0".into());
+        }
+        if self.n_heads == 0 || self.d_model % self.n_heads != 0 {
+            return Err(format!(
+                "d_model ({}) must be divisible by n_heads ({})",
+                self.d_model, self.n_heads
+            ));
+        }
+        if self.head_dim() % 2 != 0 {
+            return Err(format!("head_dim ({}) must be even for RoPE", self.head_dim()));
+        }
+        if (self.cond_dim == 0) != (self.cond_len == 0) {
+            return Err("cond_dim and cond_len must both be 0 or both be > 0".into());
+        }
+        Ok(())
+    }
+
+    /// Builds a freshly initialised model. Panics only on an invalid config; call
+    /// [`Self::validate`] first on untrusted configs.
+    pub fn init<B: Backend>(&self, device: &B::Device) -> BlockDiffusionModel<B> {
+        if let Err(e) = self.validate() {
+            panic!("invalid BlockDiffusionConfig: {e}");
+        }
+        let layers = (0..self.n_layers)
+            .map(|_| {
+                TransformerBlockConfig::new(self.d_model, self.n_heads, self.ff_width())
+                    .with_norm_eps(self.norm_eps)
+                    .init(device)
+            })
+            .collect();
+        let cond = (self.cond_dim > 0).then(|| {
+            ConditionEncoderConfig::new(self.cond_dim, self.cond_len, self.d_model).init(device)
+        });
+        let feature_proj = (self.token_feature_dim > 0).then(|| {
+            LinearConfig::new(self.token_feature_dim, self.d_model)
+                .with_bias(false)
+                .init(device)
+        });
+        BlockDiffusionModel {
+            embedding: EmbeddingConfig::new(self.vocab_size, self.d_model).init(device),
+            layers,
+            norm: RmsNormConfig::new(self.d_model)
+                .with_epsilon(self.norm_eps)
+                .init(device),
+            head: LinearConfig::new(self.d_model, self.vocab_size)
+                .with_bias(false)
+                .init(device),
+            cond,
+            feature_proj,
+            token_features: None,
+            n_heads: self.n_heads,
+            rope_theta: self.rope_theta,
+        }
+    }
+}
+
+/// Encodes continuous condition vectors (robot observation, OD features, music style) into
+/// prefix embeddings, with a learned "null" prefix used for condition dropout and CFG.
+#[derive(Config, Debug)]
+pub struct ConditionEncoderConfig {
+    /// Width of one condition vector.
+    pub cond_dim: usize,
+    /// Number of condition vectors.
+    pub cond_len: usize,
+    /// Model width.
+    pub d_model: usize,
+}
+
+impl ConditionEncoderConfig {
+    /// Builds the encoder.
+    pub fn init<B: Backend>(&self, device: &B::Device) -> ConditionEncoder<B> {
+        ConditionEncoder {
+            fc1: LinearConfig::new(self.cond_dim, self.d_model).init(device),
+            fc2: LinearConfig::new(self.d_model, self.d_model).init(device),
+            null: Param::from_tensor(Tensor::zeros([self.cond_len, self.d_model], device)),
+        }
+    }
+}
+
+/// Two-layer MLP from condition vectors to prefix embeddings.
+#[derive(Module, Debug)]
+pub struct ConditionEncoder<B: Backend> {
+    fc1: Linear<B>,
+    fc2: Linear<B>,
+    null: Param<Tensor<B, 2>>,
+}
+
+impl<B: Backend> ConditionEncoder<B> {
+    /// `vectors`: `[batch, cond_len, cond_dim]`; `drop`: per-sample flags (1.0 = replace by the
+    /// null prefix), `[batch]`.
+    pub fn forward(&self, vectors: Tensor<B, 3>, drop: Option<Tensor<B, 1>>) -> Tensor<B, 3> {
+        let [batch, len, _] = vectors.dims();
+        let h = self.fc2.forward(silu(self.fc1.forward(vectors)));
+        match drop {
+            None => h,
+            Some(drop) => {
+                let d_model = h.dims()[2];
+                let w = drop.reshape([batch, 1, 1]);
+                let null = self.null.val().unsqueeze_dim::<3>(0).expand([batch, len, d_model]);
+                h * (w.clone().neg() + 1.0) + null * w
+            }
+        }
+    }
+}
+
+/// One pre-norm transformer layer.
+#[derive(Config, Debug)]
+pub struct TransformerBlockConfig {
+    /// Model width.
+    pub d_model: usize,
+    /// Attention heads.
+    pub n_heads: usize,
+    /// SwiGLU hidden width.
+    pub d_ff: usize,
+    /// RMSNorm epsilon.
+    #[config(default = 1e-5)]
+    pub norm_eps: f64,
+}
+
+impl TransformerBlockConfig {
+    /// Builds the layer.
+    pub fn init<B: Backend>(&self, device: &B::Device) -> TransformerBlock<B> {
+        let lin = |i, o| LinearConfig::new(i, o).with_bias(false).init(device);
+        TransformerBlock {
+            attn_norm: RmsNormConfig::new(self.d_model)
+                .with_epsilon(self.norm_eps)
+                .init(device),
+            wq: lin(self.d_model, self.d_model),
+            wk: lin(self.d_model, self.d_model),
+            wv: lin(self.d_model, self.d_model),
+            wo: lin(self.d_model, self.d_model),
+            mlp_norm: RmsNormConfig::new(self.d_model)
+                .with_epsilon(self.norm_eps)
+                .init(device),
+            w_gate: lin(self.d_model, self.d_ff),
+            w_up: lin(self.d_model, self.d_ff),
+            w_down: lin(self.d_ff, self.d_model),
+        }
+    }
+}
+
+/// Pre-norm attention + SwiGLU layer.
+#[derive(Module, Debug)]
+pub struct TransformerBlock<B: Backend> {
+    attn_norm: RmsNorm<B>,
+    wq: Linear<B>,
+    wk: Linear<B>,
+    wv: Linear<B>,
+    wo: Linear<B>,
+    mlp_norm: RmsNorm<B>,
+    w_gate: Linear<B>,
+    w_up: Linear<B>,
+    w_down: Linear<B>,
+}
+
+/// Precomputed rotary tables for a run of positions: `cos`, `sin` are `[n, head_dim / 2]`.
+#[derive(Clone, Debug)]
+pub struct Rope<B: Backend> {
+    cos: Tensor<B, 4>,
+    sin: Tensor<B, 4>,
+}
+
+impl<B: Backend> Rope<B> {
+    /// Tables for explicit positions (positions need not be contiguous: the training input
+    /// repeats `x_t`'s positions for `x_0`).
+    pub fn new(positions: &[usize], head_dim: usize, theta: f64, device: &B::Device) -> Self {
+        let half = head_dim / 2;
+        let n = positions.len();
+        let mut cos = Vec::with_capacity(n * half);
+        let mut sin = Vec::with_capacity(n * half);
+        for &p in positions {
+            for i in 0..half {
+                // Computed in f64 so the PyTorch twin (and any other port) can match bit-for-bit
+                // up to the final f32 rounding.
+                let inv = theta.powf(-(2.0 * i as f64) / head_dim as f64);
+                let a = p as f64 * inv;
+                cos.push(a.cos() as f32);
+                sin.push(a.sin() as f32);
+            }
+        }
+        let shape = [1, 1, n, half];
+        Self {
+            cos: Tensor::<B, 1>::from_floats(cos.as_slice(), device).reshape(shape),
+            sin: Tensor::<B, 1>::from_floats(sin.as_slice(), device).reshape(shape),
+        }
+    }
+
+    /// Rotates `x` (`[batch, heads, n, head_dim]`) with the "rotate half" convention.
+    fn apply(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+        let [_, _, _, d] = x.dims();
+        let h = d / 2;
+        let x1 = x.clone().narrow(3, 0, h);
+        let x2 = x.narrow(3, h, h);
+        let r1 = x1.clone() * self.cos.clone() - x2.clone() * self.sin.clone();
+        let r2 = x2 * self.cos.clone() + x1 * self.sin.clone();
+        Tensor::cat(vec![r1, r2], 3)
+    }
+}
+
+impl<B: Backend> TransformerBlock<B> {
+    /// `x`: `[batch, n, d]`. `past`: cached keys/values of earlier positions (already rotated).
+    /// `mask`: `[1, 1, n, past + n]`, true = blocked. Returns the output and this call's own
+    /// (rotated) keys and values, which the caller may append to a cache.
+    fn forward(
+        &self,
+        x: Tensor<B, 3>,
+        rope: &Rope<B>,
+        n_heads: usize,
+        past: Option<&LayerKv<B>>,
+        mask: Option<Tensor<B, 4, Bool>>,
+    ) -> (Tensor<B, 3>, LayerKv<B>) {
+        let [batch, n, d] = x.dims();
+        let dh = d / n_heads;
+        let h = self.attn_norm.forward(x.clone());
+        let split = |t: Tensor<B, 3>| t.reshape([batch, n, n_heads, dh]).swap_dims(1, 2);
+        let q = rope.apply(split(self.wq.forward(h.clone())));
+        let k = rope.apply(split(self.wk.forward(h.clone())));
+        let v = split(self.wv.forward(h));
+        let own = LayerKv {
+            k: k.clone(),
+            v: v.clone(),
+        };
+        let (k_all, v_all) = match past {
+            Some(p) => (
+                Tensor::cat(vec![p.k.clone(), k], 2),
+                Tensor::cat(vec![p.v.clone(), v], 2),
+            ),
+            None => (k, v),
+        };
+        let kv_len = k_all.dims()[2];
+        let mask = mask.map(|m| m.expand([batch, n_heads, n, kv_len]));
+        let a = attention(q, k_all, v_all, mask, None, AttentionModuleOptions::default());
+        let a = a.swap_dims(1, 2).reshape([batch, n, d]);
+        let x = x + self.wo.forward(a);
+        let h = self.mlp_norm.forward(x.clone());
+        let m = self
+            .w_down
+            .forward(silu(self.w_gate.forward(h.clone())) * self.w_up.forward(h));
+        (x + m, own)
+    }
+}
+
+/// The block-diffusion transformer. See the module docs.
+#[derive(Module, Debug)]
+pub struct BlockDiffusionModel<B: Backend> {
+    embedding: Embedding<B>,
+    layers: Vec<TransformerBlock<B>>,
+    norm: RmsNorm<B>,
+    head: Linear<B>,
+    cond: Option<ConditionEncoder<B>>,
+    feature_proj: Option<Linear<B>>,
+    /// Fixed per-token feature table `[vocab, token_feature_dim]` (not trained, but saved).
+    token_features: Option<Param<Tensor<B, 2>>>,
+    n_heads: usize,
+    rope_theta: f64,
+}
+
+/// Input of one forward pass over a run of new positions.
+pub struct ForwardInput<B: Backend> {
+    /// Token ids `[batch, n]`.
+    pub tokens: Tensor<B, 2, Int>,
+    /// Absolute position of each of the `n` tokens (shared across the batch).
+    pub positions: Vec<usize>,
+    /// Continuous condition `[batch, cond_len, cond_dim]`, placed before the tokens. Only on a
+    /// pass that starts the sequence (training, or the first sampling pass).
+    pub cond: Option<Tensor<B, 3>>,
+    /// Per-sample condition-dropout flags `[batch]` (1.0 = use the null condition).
+    pub cond_drop: Option<Tensor<B, 1>>,
+    /// Attention mask over `[cached ⊕ cond ⊕ tokens]` keys for the `[cond ⊕ tokens]` queries,
+    /// `[1, 1, q, k]`, true = blocked. `None` = attend to everything.
+    pub mask: Option<Tensor<B, 4, Bool>>,
+}
+
+impl<B: Backend> BlockDiffusionModel<B> {
+    /// Attaches a fixed per-token feature table (`[vocab_size, token_feature_dim]`), e.g. road
+    /// segment geometry; its projection is added to the id embedding. Requires
+    /// `token_feature_dim > 0` in the config.
+    pub fn with_token_features(mut self, table: Tensor<B, 2>) -> Self {
+        self.token_features = Some(Param::from_tensor(table).set_require_grad(false));
+        self
+    }
+
+    /// Number of layers.
+    pub fn n_layers(&self) -> usize {
+        self.layers.len()
+    }
+
+    /// Embeds the tokens (plus optional token features).
+    fn embed(&self, tokens: Tensor<B, 2, Int>) -> Tensor<B, 3> {
+        let mut x = self.embedding.forward(tokens.clone());
+        if let (Some(proj), Some(table)) = (&self.feature_proj, &self.token_features) {
+            let [batch, n] = tokens.dims();
+            let ids = tokens.reshape([batch * n]);
+            let feats = table.val().select(0, ids);
+            let f = proj.forward(feats);
+            let d = f.dims()[1];
+            x = x + f.reshape([batch, n, d]);
+        }
+        x
+    }
+
+    /// Runs the transformer on new positions against an optional cache. Returns logits for the
+    /// token positions (`[batch, n, vocab]`, condition positions dropped) and the new per-layer
+    /// keys/values of all new positions (condition positions first).
+    pub fn forward(
+        &self,
+        input: ForwardInput<B>,
+        cache: Option<&KvCache<B>>,
+    ) -> (Tensor<B, 3>, Vec<LayerKv<B>>) {
+        let (h, kvs, n_cond) = self.hidden(input, cache);
+        let [batch, total, d] = h.dims();
+        let h = h.narrow(1, n_cond, total - n_cond);
+        let _ = (batch, d);
+        (self.head.forward(self.norm.forward(h)), kvs)
+    }
+
+    /// Like [`Self::forward`] but returns logits only for token positions `from..from + len`
+    /// (e.g. the `x_t` half in training), saving the output projection on the rest.
+    pub fn forward_range(
+        &self,
+        input: ForwardInput<B>,
+        cache: Option<&KvCache<B>>,
+        from: usize,
+        len: usize,
+    ) -> (Tensor<B, 3>, Vec<LayerKv<B>>) {
+        let (h, kvs, n_cond) = self.hidden(input, cache);
+        let h = h.narrow(1, n_cond + from, len);
+        (self.head.forward(self.norm.forward(h)), kvs)
+    }
+
+    fn hidden(
+        &self,
+        input: ForwardInput<B>,
+        cache: Option<&KvCache<B>>,
+    ) -> (Tensor<B, 3>, Vec<LayerKv<B>>, usize) {
+        let device = input.tokens.device();
+        let mut x = self.embed(input.tokens);
+        let mut positions = input.positions;
+        let mut n_cond = 0;
+        if let Some(cond_vec) = input.cond {
+            let enc = self
+                .cond
+                .as_ref()
+                .expect("condition vectors given to a model built with cond_dim = 0");
+            let c = enc.forward(cond_vec, input.cond_drop);
+            n_cond = c.dims()[1];
+            // Condition vectors occupy the positions just before the first token.
+            let first = positions.first().copied().unwrap_or(n_cond);
+            let start = first.saturating_sub(n_cond);
+            let mut p: Vec<usize> = (start..start + n_cond).collect();
+            p.extend_from_slice(&positions);
+            positions = p;
+            x = Tensor::cat(vec![c, x], 1);
+        }
+        let head_dim = x.dims()[2] / self.n_heads;
+        let rope = Rope::new(&positions, head_dim, self.rope_theta, &device);
+        let mut kvs = Vec::with_capacity(self.layers.len());
+        for (i, layer) in self.layers.iter().enumerate() {
+            let past = cache.and_then(|c| c.layer(i));
+            let (y, kv) = layer.forward(x, &rope, self.n_heads, past, input.mask.clone());
+            x = y;
+            kvs.push(kv);
+        }
+        (x, kvs, n_cond)
+    }
+}

@@ -1,0 +1,518 @@
+//! Training with the BD3-LM objective: the masked (absorbing-state) block-diffusion NELBO,
+//! computed in one vectorised pass over `x_t ⊕ x_0` with the mask of [`crate::mask`].
+
+use std::path::Path;
+
+use burn::module::{AutodiffModule, ModuleVisitor, Param};
+use burn::optim::{AdamWConfig, GradientsParams, Optimizer};
+use burn::prelude::*;
+use burn::tensor::activation::log_softmax;
+use burn::tensor::backend::AutodiffBackend;
+use indicatif::{ProgressBar, ProgressStyle};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde::{Deserialize, Serialize};
+
+use crate::checkpoint;
+use crate::condition::Example;
+use crate::error::TrainError;
+use crate::mask;
+use crate::model::{BlockDiffusionConfig, BlockDiffusionModel, ForwardInput};
+use crate::schedule::{sample_block_size, sample_mask_rates, warmup_cosine, LossWeighting};
+use crate::tokenizer::{EOS, MASK, PAD};
+
+/// Training hyper-parameters. Saved as `train_config.json` next to checkpoints.
+#[derive(Config, Debug)]
+pub struct TrainConfig {
+    /// Tokens per training sequence (a multiple of every block size); shorter examples get
+    /// `EOS` then `PAD`.
+    pub seq_len: usize,
+    /// Block sizes of the mixture; include 1 so the same weights decode autoregressively.
+    #[config(default = "vec![1, 4, 8, 16]")]
+    pub block_sizes: Vec<usize>,
+    /// Mixture weights of `block_sizes`.
+    #[config(default = "vec![1.0, 1.0, 1.0, 1.0]")]
+    pub block_weights: Vec<f64>,
+    /// Sequences per step.
+    #[config(default = 32)]
+    pub batch_size: usize,
+    /// Optimiser steps.
+    #[config(default = 1000)]
+    pub steps: usize,
+    /// Peak learning rate (AdamW).
+    #[config(default = 2e-3)]
+    pub lr: f64,
+    /// Final learning rate as a fraction of the peak (cosine decay).
+    #[config(default = 0.1)]
+    pub min_lr_ratio: f64,
+    /// Linear warm-up steps.
+    #[config(default = 50)]
+    pub warmup_steps: usize,
+    /// AdamW decoupled weight decay.
+    #[config(default = 0.01)]
+    pub weight_decay: f64,
+    /// Global gradient-norm clip (0 = off).
+    #[config(default = 1.0)]
+    pub grad_clip: f64,
+    /// Lower clip `β` of the masking rate `t ~ U[β, ω]`.
+    #[config(default = 0.02)]
+    pub t_min: f64,
+    /// Upper clip `ω` of the masking rate.
+    #[config(default = 1.0)]
+    pub t_max: f64,
+    /// Antithetic (stratified) masking rates across the batch's blocks.
+    #[config(default = true)]
+    pub antithetic: bool,
+    /// Loss weighting of masked tokens.
+    #[config(default = "LossWeighting::InverseT")]
+    pub loss_weighting: LossWeighting,
+    /// Probability of dropping a sample's condition (for classifier-free guidance).
+    #[config(default = 0.0)]
+    pub cond_drop_prob: f64,
+    /// Seed of everything random in training (data order, masks, init is the caller's).
+    #[config(default = 42)]
+    pub seed: u64,
+    /// Validate every this many steps (0 = only at the end).
+    #[config(default = 0)]
+    pub eval_every: usize,
+    /// Block size used for the validation NELBO.
+    #[config(default = 8)]
+    pub eval_block_size: usize,
+    /// Save a checkpoint every this many steps (0 = only at the end).
+    #[config(default = 0)]
+    pub checkpoint_every: usize,
+    /// Show a progress bar.
+    #[config(default = true)]
+    pub progress: bool,
+}
+
+impl TrainConfig {
+    fn validate(&self) -> Result<(), TrainError> {
+        let bad = |m: String| Err(TrainError::Config(m));
+        if self.block_sizes.is_empty() || self.block_sizes.len() != self.block_weights.len() {
+            return bad("block_sizes and block_weights must be non-empty and of equal length".into());
+        }
+        for &b in self.block_sizes.iter().chain([&self.eval_block_size]) {
+            if b == 0 || self.seq_len % b != 0 {
+                return bad(format!("block size {b} must divide seq_len {}", self.seq_len));
+            }
+        }
+        if self.block_weights.iter().any(|w| !(*w >= 0.0)) || self.block_weights.iter().sum::<f64>() <= 0.0 {
+            return bad("block_weights must be >= 0 with a positive sum".into());
+        }
+        if !(self.t_min > 0.0 && self.t_min <= self.t_max && self.t_max <= 1.0) {
+            return bad(format!("need 0 < t_min <= t_max <= 1, got [{}, {}]", self.t_min, self.t_max));
+        }
+        if self.batch_size == 0 {
+            return bad("batch_size must be > 0".into());
+        }
+        Ok(())
+    }
+}
+
+/// Per-step record of a training run.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct TrainReport {
+    /// Steps run in this call (a resumed run counts from where it resumed).
+    pub steps: usize,
+    /// Step the run ended at.
+    pub final_step: usize,
+    /// Training loss (NELBO per token, nats) averaged over the last 10% of steps.
+    pub final_train_loss: f64,
+    /// `(step, validation NELBO per token at eval_block_size)`.
+    pub val_nelbo: Vec<(usize, f64)>,
+    /// Training tokens (x_0 positions) per second.
+    pub tokens_per_s: f64,
+}
+
+/// A batch ready for the model: `context ⊕ x_t ⊕ x_0`.
+pub struct NoisedBatch<B: Backend> {
+    input: ForwardInput<B>,
+    prompt_len: usize,
+    seq_len: usize,
+    targets: Tensor<B, 2, Int>,
+    weights: Tensor<B, 2>,
+}
+
+/// Frames an example's tokens to exactly `seq_len`: `tokens ⊕ EOS ⊕ PAD…`.
+pub fn frame(tokens: &[u32], seq_len: usize) -> Option<Vec<u32>> {
+    if tokens.len() > seq_len {
+        return None;
+    }
+    let mut v = tokens.to_vec();
+    if v.len() < seq_len {
+        v.push(EOS);
+        v.resize(seq_len, PAD);
+    }
+    Some(v)
+}
+
+/// Checks a data set against the model and train configs, returning the prompt length.
+pub fn check_data(
+    data: &[Example],
+    model_cfg: &BlockDiffusionConfig,
+    seq_len: usize,
+    what: &str,
+) -> Result<usize, TrainError> {
+    let first = data
+        .first()
+        .ok_or_else(|| TrainError::Data(format!("{what} set is empty")))?;
+    let prompt_len = first.condition.prompt.len();
+    let cond_width = model_cfg.cond_dim * model_cfg.cond_len;
+    for (i, ex) in data.iter().enumerate() {
+        let err = |m: String| TrainError::Data(format!("{what} example {i}: {m}"));
+        if ex.tokens.len() > seq_len {
+            return Err(err(format!("{} tokens exceed seq_len {seq_len}", ex.tokens.len())));
+        }
+        if ex.condition.prompt.len() != prompt_len {
+            return Err(err(format!(
+                "prompt length {} differs from example 0's {prompt_len}",
+                ex.condition.prompt.len()
+            )));
+        }
+        if let Some(&t) = ex
+            .tokens
+            .iter()
+            .chain(&ex.condition.prompt)
+            .find(|&&t| t as usize >= model_cfg.vocab_size || t == MASK)
+        {
+            return Err(err(format!(
+                "token {t} is MASK or outside the vocabulary ({})",
+                model_cfg.vocab_size
+            )));
+        }
+        match (&ex.condition.vectors, cond_width) {
+            (None, 0) => {}
+            (Some(v), w) if v.len() == w && w > 0 => {
+                if v.iter().any(|x| !x.is_finite()) {
+                    return Err(err("condition contains NaN or infinity".into()));
+                }
+            }
+            (v, w) => {
+                return Err(err(format!(
+                    "condition has {} values, the model expects {w}",
+                    v.as_ref().map_or(0, |v| v.len())
+                )))
+            }
+        }
+    }
+    if prompt_len + model_cfg.cond_len + seq_len > model_cfg.max_len {
+        return Err(TrainError::Data(format!(
+            "prompt {prompt_len} + condition {} + seq_len {seq_len} exceed the model's max_len {}",
+            model_cfg.cond_len, model_cfg.max_len
+        )));
+    }
+    Ok(prompt_len)
+}
+
+/// How the noised batch is drawn.
+#[derive(Clone, Copy, Debug)]
+pub enum Noise {
+    /// Training: one rate per block from the schedule.
+    Random,
+    /// Every `x_t` token masked, loss weight 1: with block size 1 this is the exact
+    /// autoregressive log-likelihood of the same weights.
+    AllMasked,
+}
+
+/// Builds the noised training input for `examples` (all validated by [`check_data`]).
+#[allow(clippy::too_many_arguments)]
+pub fn noised_batch<B: Backend>(
+    examples: &[&Example],
+    model_cfg: &BlockDiffusionConfig,
+    cfg: &TrainConfig,
+    block: usize,
+    noise: Noise,
+    drop_cond: bool,
+    rng: &mut StdRng,
+    device: &B::Device,
+) -> NoisedBatch<B> {
+    let n = examples.len();
+    let l = cfg.seq_len;
+    let prompt_len = examples[0].condition.prompt.len();
+    let n_blocks = l / block;
+    let rates = sample_mask_rates(n * n_blocks, cfg.t_min, cfg.t_max, cfg.antithetic, rng);
+    let width = prompt_len + 2 * l;
+    let mut tokens = Vec::with_capacity(n * width);
+    let mut targets = Vec::with_capacity(n * l);
+    let mut weights = Vec::with_capacity(n * l);
+    let mut drops = Vec::with_capacity(n);
+    for (i, ex) in examples.iter().enumerate() {
+        let x0 = frame(&ex.tokens, l).expect("checked by check_data");
+        let drop = drop_cond && rng.random::<f64>() < cfg.cond_drop_prob;
+        drops.push(if drop { 1.0f32 } else { 0.0 });
+        if drop {
+            tokens.extend(std::iter::repeat_n(MASK as i64, prompt_len));
+        } else {
+            tokens.extend(ex.condition.prompt.iter().map(|&t| t as i64));
+        }
+        for k in 0..n_blocks {
+            let blk = &x0[k * block..(k + 1) * block];
+            let (masked, w): (Vec<bool>, f64) = match noise {
+                Noise::AllMasked => (vec![true; block], 1.0),
+                Noise::Random => {
+                    let t = rates[i * n_blocks + k];
+                    let m: Vec<bool> = (0..block).map(|_| rng.random::<f64>() < t).collect();
+                    let count = m.iter().filter(|&&x| x).count();
+                    let w = match cfg.loss_weighting {
+                        LossWeighting::InverseT => 1.0 / t,
+                        LossWeighting::RealisedMaskRatio => {
+                            if count == 0 {
+                                0.0
+                            } else {
+                                block as f64 / count as f64
+                            }
+                        }
+                    };
+                    (m, w)
+                }
+            };
+            for (j, &tok) in blk.iter().enumerate() {
+                tokens.push(if masked[j] { MASK as i64 } else { tok as i64 });
+                weights.push(if masked[j] { w as f32 } else { 0.0 });
+                targets.push(tok as i64);
+            }
+        }
+        tokens.extend(x0.iter().map(|&t| t as i64));
+    }
+    let cond_len = if model_cfg.cond_dim > 0 {
+        model_cfg.cond_len
+    } else {
+        0
+    };
+    let (cond, cond_drop) = if cond_len > 0 {
+        let v: Vec<f32> = examples
+            .iter()
+            .flat_map(|e| e.condition.vectors.clone().unwrap_or_default())
+            .collect();
+        let c = Tensor::<B, 1>::from_floats(v.as_slice(), device).reshape([
+            n,
+            model_cfg.cond_len,
+            model_cfg.cond_dim,
+        ]);
+        (Some(c), Some(Tensor::from_floats(drops.as_slice(), device)))
+    } else {
+        (None, None)
+    };
+    let ctx = cond_len + prompt_len;
+    let m = mask::training_mask_data(ctx, l, block);
+    let side = ctx + 2 * l;
+    let mut positions: Vec<usize> = (cond_len..ctx + l).collect();
+    positions.extend(ctx..ctx + l);
+    NoisedBatch {
+        input: ForwardInput {
+            tokens: Tensor::<B, 1, Int>::from_data(TensorData::new(tokens, [n * width]), device)
+                .reshape([n, width]),
+            positions,
+            cond,
+            cond_drop,
+            mask: Some(mask::to_tensor::<B>(m, side, side, device)),
+        },
+        prompt_len,
+        seq_len: l,
+        targets: Tensor::<B, 1, Int>::from_data(TensorData::new(targets, [n * l]), device)
+            .reshape([n, l]),
+        weights: Tensor::<B, 1>::from_floats(weights.as_slice(), device).reshape([n, l]),
+    }
+}
+
+/// NELBO per token (nats) of a noised batch: `Σ w · CE / (batch · L)`.
+pub fn batch_loss<B: Backend>(model: &BlockDiffusionModel<B>, batch: NoisedBatch<B>) -> Tensor<B, 1> {
+    let (logits, _) = model.forward_range(batch.input, None, batch.prompt_len, batch.seq_len);
+    let [n, l, _] = logits.dims();
+    let logp = log_softmax(logits, 2);
+    let nll = logp
+        .gather(2, batch.targets.unsqueeze_dim::<3>(2))
+        .reshape([n, l])
+        .neg();
+    (nll * batch.weights).sum() / (n * l) as f64
+}
+
+/// Mean loss over a data set with a fixed seed: the NELBO per token at block size `block`
+/// (`Noise::Random`, averaged over `passes` draws), or the exact AR NLL (`block = 1`,
+/// `Noise::AllMasked`).
+pub fn evaluate<B: Backend>(
+    model: &BlockDiffusionModel<B>,
+    model_cfg: &BlockDiffusionConfig,
+    cfg: &TrainConfig,
+    data: &[Example],
+    block: usize,
+    noise: Noise,
+    passes: usize,
+    device: &B::Device,
+) -> f64 {
+    let mut rng = StdRng::seed_from_u64(cfg.seed ^ 0x5EED_E7A1);
+    let mut total = 0.0;
+    let mut count = 0usize;
+    for _ in 0..passes.max(1) {
+        for chunk in data.chunks(cfg.batch_size.max(1)) {
+            let refs: Vec<&Example> = chunk.iter().collect();
+            let batch = noised_batch::<B>(&refs, model_cfg, cfg, block, noise, false, &mut rng, device);
+            let loss: f64 = batch_loss(model, batch).into_scalar().elem();
+            total += loss * chunk.len() as f64;
+            count += chunk.len();
+        }
+    }
+    total / count as f64
+}
+
+/// Rescales all gradients so their global L2 norm is at most `max_norm`; returns the norm.
+fn clip_global_norm<B: AutodiffBackend>(
+    model: &BlockDiffusionModel<B>,
+    grads: &mut GradientsParams,
+    max_norm: f64,
+) -> f64 {
+    struct SumSq<'a> {
+        grads: &'a GradientsParams,
+        total: f64,
+    }
+    impl<B: AutodiffBackend> ModuleVisitor<B> for SumSq<'_> {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+            if let Some(g) = self.grads.get::<B::InnerBackend, D>(param.id) {
+                let s: f64 = g.square().sum().into_scalar().elem();
+                self.total += s;
+            }
+        }
+    }
+    struct Scale<'a> {
+        grads: &'a mut GradientsParams,
+        factor: f64,
+    }
+    impl<B: AutodiffBackend> ModuleVisitor<B> for Scale<'_> {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+            if let Some(g) = self.grads.remove::<B::InnerBackend, D>(param.id) {
+                self.grads.register::<B::InnerBackend, D>(param.id, g * self.factor);
+            }
+        }
+    }
+    let mut v = SumSq {
+        grads,
+        total: 0.0,
+    };
+    model.visit(&mut v);
+    let norm = v.total.sqrt();
+    if max_norm > 0.0 && norm > max_norm {
+        let mut s = Scale {
+            grads,
+            factor: max_norm / (norm + 1e-6),
+        };
+        model.visit(&mut s);
+    }
+    norm
+}
+
+/// Where and what to checkpoint during training.
+pub struct CheckpointSpec<'a> {
+    /// Checkpoint directory.
+    pub dir: &'a Path,
+    /// Tokenizer metadata saved beside the weights.
+    pub tokenizer: serde_json::Value,
+    /// Continue from `dir/resume/` if it exists.
+    pub resume: bool,
+}
+
+/// Trains `model` on `train`, validating on `val`. Deterministic for a given seed.
+pub fn train<B: AutodiffBackend>(
+    mut model: BlockDiffusionModel<B>,
+    model_cfg: &BlockDiffusionConfig,
+    cfg: &TrainConfig,
+    train: &[Example],
+    val: &[Example],
+    ckpt: Option<CheckpointSpec<'_>>,
+    device: &B::Device,
+) -> Result<(BlockDiffusionModel<B>, TrainReport), TrainError> {
+    cfg.validate()?;
+    check_data(train, model_cfg, cfg.seq_len, "training")?;
+    if !val.is_empty() {
+        check_data(val, model_cfg, cfg.seq_len, "validation")?;
+    }
+    let mut optim = AdamWConfig::new()
+        .with_weight_decay(cfg.weight_decay as f32)
+        .init::<B, BlockDiffusionModel<B>>();
+    let mut first_step = 0;
+    if let Some(spec) = ckpt.as_ref().filter(|s| s.resume) {
+        if let Some((m, o, step)) = checkpoint::load_resume(spec.dir, model.clone(), optim, device)? {
+            model = m;
+            optim = o;
+            first_step = step;
+        } else {
+            optim = AdamWConfig::new()
+                .with_weight_decay(cfg.weight_decay as f32)
+                .init::<B, BlockDiffusionModel<B>>();
+        }
+    }
+    let bar = if cfg.progress {
+        let b = ProgressBar::new(cfg.steps as u64);
+        b.set_style(
+            ProgressStyle::with_template("{spinner} train [{bar:30}] {pos}/{len} {msg} ({eta})")
+                .expect("static template")
+                .progress_chars("=> "),
+        );
+        b.set_position(first_step as u64);
+        b
+    } else {
+        ProgressBar::hidden()
+    };
+    let mut report = TrainReport::default();
+    let mut recent = Vec::new();
+    let started = std::time::Instant::now();
+    let tail = (cfg.steps / 10).max(1);
+    for step in first_step..cfg.steps {
+        // One RNG stream per step: resuming at step s replays exactly what a full run does.
+        let mut rng = StdRng::seed_from_u64(cfg.seed.wrapping_mul(6364136223846793005) ^ step as u64);
+        let block = sample_block_size(&cfg.block_sizes, &cfg.block_weights, &mut rng);
+        let refs: Vec<&Example> = (0..cfg.batch_size)
+            .map(|_| &train[rng.random_range(0..train.len())])
+            .collect();
+        let batch = noised_batch::<B>(&refs, model_cfg, cfg, block, Noise::Random, true, &mut rng, device);
+        let loss = batch_loss(&model, batch);
+        let loss_v: f64 = loss.clone().into_scalar().elem();
+        if !loss_v.is_finite() {
+            return Err(TrainError::Data(format!("loss became {loss_v} at step {step}")));
+        }
+        let grads = loss.backward();
+        let mut grads = GradientsParams::from_grads(grads, &model);
+        if cfg.grad_clip > 0.0 {
+            clip_global_norm(&model, &mut grads, cfg.grad_clip);
+        }
+        let lr = warmup_cosine(step, cfg.warmup_steps, cfg.steps, cfg.lr, cfg.min_lr_ratio);
+        model = optim.step(lr, model, grads);
+        if step + tail >= cfg.steps {
+            recent.push(loss_v);
+        }
+        report.steps += 1;
+        bar.inc(1);
+        bar.set_message(format!("loss {loss_v:.4} b={block}"));
+        let done = step + 1;
+        if cfg.eval_every > 0 && done % cfg.eval_every == 0 && done < cfg.steps && !val.is_empty() {
+            let v = evaluate(&model.valid(), model_cfg, cfg, val, cfg.eval_block_size, Noise::Random, 1, device);
+            tracing::info!(step = done, val_nelbo = v, "validation");
+            report.val_nelbo.push((done, v));
+        }
+        if let Some(spec) = &ckpt {
+            if cfg.checkpoint_every > 0 && done % cfg.checkpoint_every == 0 && done < cfg.steps {
+                checkpoint::save(spec.dir, &model.valid(), model_cfg, &spec.tokenizer)?;
+                checkpoint::save_resume(spec.dir, &model, &optim, done)?;
+            }
+        }
+    }
+    bar.finish_and_clear();
+    let elapsed = started.elapsed().as_secs_f64();
+    report.final_step = cfg.steps;
+    report.final_train_loss = if recent.is_empty() {
+        f64::NAN
+    } else {
+        recent.iter().sum::<f64>() / recent.len() as f64
+    };
+    report.tokens_per_s = (report.steps * cfg.batch_size * cfg.seq_len) as f64 / elapsed.max(1e-9);
+    if !val.is_empty() {
+        let v = evaluate(&model.valid(), model_cfg, cfg, val, cfg.eval_block_size, Noise::Random, 1, device);
+        report.val_nelbo.push((cfg.steps, v));
+    }
+    if let Some(spec) = &ckpt {
+        checkpoint::save(spec.dir, &model.valid(), model_cfg, &spec.tokenizer)?;
+        checkpoint::write_json(&spec.dir.join(checkpoint::TRAIN_CONFIG_FILE), &cfg)?;
+        checkpoint::save_resume(spec.dir, &model, &optim, cfg.steps)?;
+    }
+    Ok((model, report))
+}

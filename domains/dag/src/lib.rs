@@ -1,0 +1,1 @@
+//! blockdiff-dag: domain crate (work in progress; see the issue tracker).

@@ -1,0 +1,1 @@
+//! blockdiff-music: domain crate (work in progress; see the issue tracker).

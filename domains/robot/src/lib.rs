@@ -1,0 +1,1 @@
+//! blockdiff-robot: domain crate (work in progress; see the issue tracker).

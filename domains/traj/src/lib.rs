@@ -1,0 +1,1 @@
+//! blockdiff-traj: domain crate (work in progress; see the issue tracker).

@@ -1,0 +1,1 @@
+//! blockdiff-kernels: custom kernels with plain-Rust references (work in progress).

@@ -1,0 +1,1 @@
+pub use blockdiff_core as core;
