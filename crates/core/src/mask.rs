@@ -80,12 +80,33 @@ pub fn append_mask_data(cached: usize, clean: usize, noisy: usize) -> Vec<bool> 
     blocked
 }
 
-/// Uploads a `[q, k]` mask as `[1, 1, q, k]`.
-pub fn to_tensor<B: Backend>(
-    data: Vec<bool>,
-    q: usize,
-    k: usize,
-    device: &B::Device,
-) -> Tensor<B, 4, Bool> {
-    Tensor::<B, 1, Bool>::from_data(TensorData::new(data, [q * k]), device).reshape([1, 1, q, k])
+/// A `[q, k]` attention mask table (true = blocked), kept on the CPU until a forward pass
+/// materialises it at the shape it needs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MaskTable {
+    /// Row-major entries.
+    pub blocked: Vec<bool>,
+    /// Query rows.
+    pub q: usize,
+    /// Key columns.
+    pub k: usize,
+}
+
+impl MaskTable {
+    /// Wraps a row-major table.
+    pub fn new(blocked: Vec<bool>, q: usize, k: usize) -> Self {
+        assert_eq!(blocked.len(), q * k, "mask table size");
+        Self { blocked, q, k }
+    }
+
+    /// The additive bias as one `[1, q · k]` row (0 or [`crate::model::BLOCKED`]), which
+    /// [`crate::model::scaled_attention`] broadcasts over `batch · heads`.
+    pub fn to_bias<B: Backend>(&self, device: &B::Device) -> Tensor<B, 2> {
+        let row: Vec<f32> = self
+            .blocked
+            .iter()
+            .map(|&b| if b { crate::model::BLOCKED } else { 0.0 })
+            .collect();
+        Tensor::<B, 1>::from_floats(row.as_slice(), device).reshape([1, self.q * self.k])
+    }
 }

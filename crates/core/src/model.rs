@@ -10,9 +10,7 @@
 use burn::module::{Module, Param};
 use burn::nn::{Embedding, EmbeddingConfig, Linear, LinearConfig, RmsNorm, RmsNormConfig};
 use burn::prelude::*;
-use burn::tensor::activation::silu;
-use burn::tensor::module::attention;
-use burn::tensor::ops::AttentionModuleOptions;
+use burn::tensor::activation::{silu, softmax};
 
 use crate::cache::{KvCache, LayerKv};
 
@@ -227,11 +225,13 @@ pub struct TransformerBlock<B: Backend> {
     w_down: Linear<B>,
 }
 
-/// Precomputed rotary tables for a run of positions: `cos`, `sin` are `[n, head_dim / 2]`.
+/// Rotary tables for a run of positions, as `[1, n · head_dim/2]` rows. Applied to `x` viewed
+/// as `[batch · heads, n · head_dim/2]`: burn-flex has a fast path for broadcasting a single
+/// leading row, while general 4-D broadcasting is ~20× slower than a contiguous op.
 #[derive(Clone, Debug)]
 pub struct Rope<B: Backend> {
-    cos: Tensor<B, 4>,
-    sin: Tensor<B, 4>,
+    cos: Tensor<B, 2>,
+    sin: Tensor<B, 2>,
 }
 
 impl<B: Backend> Rope<B> {
@@ -244,36 +244,64 @@ impl<B: Backend> Rope<B> {
         let mut sin = Vec::with_capacity(n * half);
         for &p in positions {
             for i in 0..half {
-                // Computed in f64 so the PyTorch twin (and any other port) can match bit-for-bit
-                // up to the final f32 rounding.
+                // Computed in f64 so any port (the PyTorch twin) matches up to f32 rounding.
                 let inv = theta.powf(-(2.0 * i as f64) / head_dim as f64);
                 let a = p as f64 * inv;
                 cos.push(a.cos() as f32);
                 sin.push(a.sin() as f32);
             }
         }
-        let shape = [1, 1, n, half];
         Self {
-            cos: Tensor::<B, 1>::from_floats(cos.as_slice(), device).reshape(shape),
-            sin: Tensor::<B, 1>::from_floats(sin.as_slice(), device).reshape(shape),
+            cos: Tensor::<B, 1>::from_floats(cos.as_slice(), device).reshape([1, n * half]),
+            sin: Tensor::<B, 1>::from_floats(sin.as_slice(), device).reshape([1, n * half]),
         }
     }
 
     /// Rotates `x` (`[batch, heads, n, head_dim]`) with the "rotate half" convention.
     fn apply(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        let [_, _, _, d] = x.dims();
-        let h = d / 2;
-        let x1 = x.clone().narrow(3, 0, h);
-        let x2 = x.narrow(3, h, h);
+        let [b, h, n, d] = x.dims();
+        let half = d / 2;
+        let flat = |t: Tensor<B, 4>| t.reshape([b * h, n * half]);
+        let x1 = flat(x.clone().narrow(3, 0, half));
+        let x2 = flat(x.narrow(3, half, half));
         let r1 = x1.clone() * self.cos.clone() - x2.clone() * self.sin.clone();
         let r2 = x2 * self.cos.clone() + x1 * self.sin.clone();
-        Tensor::cat(vec![r1, r2], 3)
+        Tensor::cat(
+            vec![r1.reshape([b, h, n, half]), r2.reshape([b, h, n, half])],
+            3,
+        )
     }
 }
 
+/// Scaled dot-product attention with an optional additive bias (`0` / [`BLOCKED`]) given as a
+/// `[1, q · k]` row (see [`crate::mask::MaskTable::to_bias`]). Written as matmul → softmax →
+/// matmul: on burn-flex 0.21 this beats the fused `burn::tensor::module::attention` at our
+/// shapes (README, "attention"), and under autodiff the fused op decomposes the same way anyway.
+pub fn scaled_attention<B: Backend>(
+    q: Tensor<B, 4>,
+    k: Tensor<B, 4>,
+    v: Tensor<B, 4>,
+    bias: Option<Tensor<B, 2>>,
+) -> Tensor<B, 4> {
+    let [b, h, nq, d] = q.dims();
+    let nk = k.dims()[2];
+    let scores = q.matmul(k.swap_dims(2, 3)) * (1.0 / (d as f64).sqrt());
+    let scores = match bias {
+        Some(bias) => (scores.reshape([b * h, nq * nk]) + bias).reshape([b, h, nq, nk]),
+        None => scores,
+    };
+    softmax(scores, 3).matmul(v)
+}
+
+/// Additive bias of a blocked attention entry. −∞ rather than a large finite value: glibc's
+/// `expf` returns 0 for −∞ at once but takes a slow underflow path for finite values below
+/// −104 (measured 8% of a training step). Every mask row keeps at least one visible key, so no
+/// row is all −∞.
+pub const BLOCKED: f32 = f32::NEG_INFINITY;
+
 impl<B: Backend> TransformerBlock<B> {
     /// `x`: `[batch, n, d]`. `past`: cached keys/values of earlier positions (already rotated).
-    /// `mask`: `[1, 1, n, past + n]`, true = blocked. Returns the output and this call's own
+    /// `bias`: `[1, n · (past + n)]` additive mask. Returns the output and this call's own
     /// (rotated) keys and values, which the caller may append to a cache.
     fn forward(
         &self,
@@ -281,7 +309,7 @@ impl<B: Backend> TransformerBlock<B> {
         rope: &Rope<B>,
         n_heads: usize,
         past: Option<&LayerKv<B>>,
-        mask: Option<Tensor<B, 4, Bool>>,
+        bias: Option<Tensor<B, 2>>,
     ) -> (Tensor<B, 3>, LayerKv<B>) {
         let [batch, n, d] = x.dims();
         let dh = d / n_heads;
@@ -301,9 +329,7 @@ impl<B: Backend> TransformerBlock<B> {
             ),
             None => (k, v),
         };
-        let kv_len = k_all.dims()[2];
-        let mask = mask.map(|m| m.expand([batch, n_heads, n, kv_len]));
-        let a = attention(q, k_all, v_all, mask, None, AttentionModuleOptions::default());
+        let a = scaled_attention(q, k_all, v_all, bias);
         let a = a.swap_dims(1, 2).reshape([batch, n, d]);
         let x = x + self.wo.forward(a);
         let h = self.mlp_norm.forward(x.clone());
@@ -340,9 +366,9 @@ pub struct ForwardInput<B: Backend> {
     pub cond: Option<Tensor<B, 3>>,
     /// Per-sample condition-dropout flags `[batch]` (1.0 = use the null condition).
     pub cond_drop: Option<Tensor<B, 1>>,
-    /// Attention mask over `[cached ⊕ cond ⊕ tokens]` keys for the `[cond ⊕ tokens]` queries,
-    /// `[1, 1, q, k]`, true = blocked. `None` = attend to everything.
-    pub mask: Option<Tensor<B, 4, Bool>>,
+    /// Which `[cached ⊕ cond ⊕ tokens]` keys each `[cond ⊕ tokens]` query may not see: a
+    /// `[q, k]` row-major table, true = blocked (see [`crate::mask`]). `None` = see everything.
+    pub mask: Option<crate::mask::MaskTable>,
 }
 
 impl<B: Backend> BlockDiffusionModel<B> {
@@ -428,10 +454,11 @@ impl<B: Backend> BlockDiffusionModel<B> {
         }
         let head_dim = x.dims()[2] / self.n_heads;
         let rope = Rope::new(&positions, head_dim, self.rope_theta, &device);
+        let bias = input.mask.as_ref().map(|m| m.to_bias::<B>(&device));
         let mut kvs = Vec::with_capacity(self.layers.len());
         for (i, layer) in self.layers.iter().enumerate() {
             let past = cache.and_then(|c| c.layer(i));
-            let (y, kv) = layer.forward(x, &rope, self.n_heads, past, input.mask.clone());
+            let (y, kv) = layer.forward(x, &rope, self.n_heads, past, bias.clone());
             x = y;
             kvs.push(kv);
         }

@@ -333,11 +333,9 @@ pub fn sample_observed<B: Backend, C: Condition>(
                     positions.extend(start..start + b);
                     let ctx = clean + if with_cond { cond_len } else { 0 };
                     let mask_t = (ctx > 0).then(|| {
-                        mask::to_tensor::<B>(
-                            mask::append_mask_data(cache.len(), ctx, b),
+                        mask::MaskTable::new(mask::append_mask_data(cache.len(), ctx, b),
                             ctx + b,
                             cache.len() + ctx + b,
-                            device,
                         )
                     });
                     (toks, positions, clean, mask_t, with_cond)
@@ -377,7 +375,7 @@ pub fn sample_observed<B: Backend, C: Condition>(
                     positions: (cond_len..cond_len + total).collect(),
                     cond: cond_t.clone(),
                     cond_drop: cond_drop.clone(),
-                    mask: Some(mask::to_tensor::<B>(m, ctx + gen, ctx + gen, device)),
+                    mask: Some(mask::MaskTable::new(m, ctx + gen, ctx + gen)),
                 };
                 let (logits, _) = model.forward_range(input, None, seq_off, b);
                 to_vec(logits)

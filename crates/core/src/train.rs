@@ -306,7 +306,7 @@ pub fn noised_batch<B: Backend>(
             positions,
             cond,
             cond_drop,
-            mask: Some(mask::to_tensor::<B>(m, side, side, device)),
+            mask: Some(mask::MaskTable::new(m, side, side)),
         },
         prompt_len,
         seq_len: l,
@@ -328,7 +328,7 @@ pub fn batch_loss<B: Backend>(model: &BlockDiffusionModel<B>, batch: NoisedBatch
     (nll * batch.weights).sum() / (n * l) as f64
 }
 
-/// Mean loss over a data set with a fixed seed: the NELBO per token at block size `block`
+/// Mean loss over a data set with a fixed seed, always with the NELBO's `1/t` weighting: the NELBO per token at block size `block`
 /// (`Noise::Random`, averaged over `passes` draws), or the exact AR NLL (`block = 1`,
 /// `Noise::AllMasked`).
 pub fn evaluate<B: Backend>(
@@ -342,6 +342,7 @@ pub fn evaluate<B: Backend>(
     device: &B::Device,
 ) -> f64 {
     let mut rng = StdRng::seed_from_u64(cfg.seed ^ 0x5EED_E7A1);
+    let cfg = &cfg.clone().with_loss_weighting(LossWeighting::InverseT);
     let mut total = 0.0;
     let mut count = 0usize;
     for _ in 0..passes.max(1) {
