@@ -12,7 +12,11 @@ use blockdiff_core::tokenizer::Tokenizer;
 use clap::{Parser, Subcommand, ValueEnum};
 
 #[derive(Parser)]
-#[command(name = "blockdiff", version, about = "Block-wise discrete diffusion for non-text sequences")]
+#[command(
+    name = "blockdiff",
+    version,
+    about = "Block-wise discrete diffusion for non-text sequences"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -71,15 +75,19 @@ impl TaskSize {
 fn main() -> Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "warn".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
         )
         .with_writer(std::io::stderr)
         .init();
     match Cli::parse().command {
         Command::Demo { out, task } => demo(out, task.task()),
         Command::Bench {
-            which: BenchCommand::Core { json, task, repeats },
+            which:
+                BenchCommand::Core {
+                    json,
+                    task,
+                    repeats,
+                },
         } => {
             let task = task.task();
             eprintln!("training the Markov task model ({} steps)...", task.steps);
@@ -110,7 +118,10 @@ fn main() -> Result<()> {
 }
 
 fn demo(out: PathBuf, task: MarkovTask) -> Result<()> {
-    eprintln!("training on the random order-2 Markov source ({} steps)...", task.steps);
+    eprintln!(
+        "training on the random order-2 Markov source ({} steps)...",
+        task.steps
+    );
     let (model, fit) = fit_markov(&task, true);
     let mcfg = task.model_config();
     let tok = task.tokenizer();

@@ -127,7 +127,10 @@ impl MarkovTask {
         let mut draw = |k: usize| -> Vec<Example> {
             (0..k)
                 .map(|_| {
-                    Example::tokens(tok.encode(&src.sample(self.seq_len, &mut rng)).expect("in range"))
+                    Example::tokens(
+                        tok.encode(&src.sample(self.seq_len, &mut rng))
+                            .expect("in range"),
+                    )
                 })
                 .collect()
         };
@@ -153,7 +156,10 @@ pub struct MarkovFit {
 }
 
 /// Trains a model on the task and measures it on held-out data.
-pub fn fit_markov(task: &MarkovTask, progress: bool) -> (BlockDiffusionModel<CpuBackend>, MarkovFit) {
+pub fn fit_markov(
+    task: &MarkovTask,
+    progress: bool,
+) -> (BlockDiffusionModel<CpuBackend>, MarkovFit) {
     let device = Default::default();
     <CpuTrainBackend as Backend>::seed(&device, task.seed);
     let mcfg = task.model_config();
@@ -164,8 +170,26 @@ pub fn fit_markov(task: &MarkovTask, progress: bool) -> (BlockDiffusionModel<Cpu
         .expect("task config is valid");
     let model = model.valid();
     let src = task.source();
-    let val_nelbo_block = evaluate(&model, &mcfg, &tcfg, &val_set, task.block_size, Noise::Random, 4, &device);
-    let val_nll_ar = evaluate(&model, &mcfg, &tcfg, &val_set, 1, Noise::AllMasked, 1, &device);
+    let val_nelbo_block = evaluate(
+        &model,
+        &mcfg,
+        &tcfg,
+        &val_set,
+        task.block_size,
+        Noise::Random,
+        4,
+        &device,
+    );
+    let val_nll_ar = evaluate(
+        &model,
+        &mcfg,
+        &tcfg,
+        &val_set,
+        1,
+        Noise::AllMasked,
+        1,
+        &device,
+    );
     let fit = MarkovFit {
         true_entropy: src.sequence_entropy_per_token(task.seq_len),
         entropy_rate: src.entropy_rate(),
@@ -225,7 +249,8 @@ pub fn measure_decoding(
             ..cfg.clone()
         };
         let t = Instant::now();
-        let out = sample(&model.clone(), &mcfg, &reqs, &Unconstrained, &c, &device).expect("valid sampler config");
+        let out = sample(&model.clone(), &mcfg, &reqs, &Unconstrained, &c, &device)
+            .expect("valid sampler config");
         walls.push(t.elapsed().as_secs_f64());
         nfe_total += out.stats.nfe;
         tpf += out.stats.tokens_per_forward();
@@ -364,7 +389,11 @@ pub fn run_core_bench(
     let best = best.unwrap_or_else(|| {
         runs.iter()
             .filter(|r| r.block_size > 1)
-            .min_by(|a, b| (a.sample_nll - h).abs().total_cmp(&(b.sample_nll - h).abs()))
+            .min_by(|a, b| {
+                (a.sample_nll - h)
+                    .abs()
+                    .total_cmp(&(b.sample_nll - h).abs())
+            })
             .cloned()
             .expect("at least one block run")
     });

@@ -116,7 +116,10 @@ fn parse_header(
         message: m,
     };
     if bytes.len() < 8 {
-        return Err(corrupt(format!("{} bytes, too short for a header", bytes.len())));
+        return Err(corrupt(format!(
+            "{} bytes, too short for a header",
+            bytes.len()
+        )));
     }
     let n = u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes")) as usize;
     if n > bytes.len() - 8 {
@@ -140,7 +143,11 @@ fn parse_header(
             "F64" | "I64" | "U64" => 8,
             "F16" | "BF16" | "I16" | "U16" => 2,
             "BOOL" | "U8" | "I8" => 1,
-            other => return Err(corrupt(format!("tensor `{name}`: unsupported dtype {other}"))),
+            other => {
+                return Err(corrupt(format!(
+                    "tensor `{name}`: unsupported dtype {other}"
+                )))
+            }
         };
         let [a, b] = e.data_offsets;
         let expected = e
@@ -222,10 +229,12 @@ pub fn load_weights<B: Backend>(
 pub fn load<B: Backend>(dir: &Path, device: &B::Device) -> Result<Checkpoint<B>, CheckpointError> {
     let cfg_path = dir.join(CONFIG_FILE);
     let config: BlockDiffusionConfig = read_json(&cfg_path)?;
-    config.validate().map_err(|message| CheckpointError::Config {
-        path: cfg_path.clone(),
-        message,
-    })?;
+    config
+        .validate()
+        .map_err(|message| CheckpointError::Config {
+            path: cfg_path.clone(),
+            message,
+        })?;
     let tok_path = dir.join(TOKENIZER_FILE);
     let tokenizer: serde_json::Value = if tok_path.exists() {
         read_json(&tok_path)?
@@ -311,5 +320,9 @@ pub fn load_resume<B: AutodiffBackend, O: Optimizer<BlockDiffusionModel<B>, B>>(
     })?;
     // Burn records carry the parameter ids the optimiser state is keyed by, which is why resume
     // uses them rather than the safetensors weights.
-    Ok(Some((model.load_record(m_rec), optim.load_record(o_rec), state.step)))
+    Ok(Some((
+        model.load_record(m_rec),
+        optim.load_record(o_rec),
+        state.step,
+    )))
 }

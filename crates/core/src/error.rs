@@ -16,7 +16,9 @@ pub enum TokenizerError {
         vocab_size: usize,
     },
     /// A reserved special token where an item token was expected.
-    #[error("token id {id} at position {position} is the special token {name} and cannot be decoded")]
+    #[error(
+        "token id {id} at position {position} is the special token {name} and cannot be decoded"
+    )]
     Special {
         /// The offending id.
         id: u32,

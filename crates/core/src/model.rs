@@ -79,7 +79,10 @@ impl BlockDiffusionConfig {
             ));
         }
         if self.head_dim() % 2 != 0 {
-            return Err(format!("head_dim ({}) must be even for RoPE", self.head_dim()));
+            return Err(format!(
+                "head_dim ({}) must be even for RoPE",
+                self.head_dim()
+            ));
         }
         if (self.cond_dim == 0) != (self.cond_len == 0) {
             return Err("cond_dim and cond_len must both be 0 or both be > 0".into());
@@ -168,7 +171,11 @@ impl<B: Backend> ConditionEncoder<B> {
             Some(drop) => {
                 let d_model = h.dims()[2];
                 let w = drop.reshape([batch, 1, 1]);
-                let null = self.null.val().unsqueeze_dim::<3>(0).expand([batch, len, d_model]);
+                let null = self
+                    .null
+                    .val()
+                    .unsqueeze_dim::<3>(0)
+                    .expand([batch, len, d_model]);
                 h * (w.clone().neg() + 1.0) + null * w
             }
         }

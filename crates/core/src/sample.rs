@@ -222,7 +222,9 @@ pub fn sample_observed<B: Backend, C: Condition>(
             )));
         }
         if let Some(&t) = r.prompt().iter().find(|&&t| t as usize >= vocab) {
-            return Err(req_err(format!("prompt token {t} outside vocabulary {vocab}")));
+            return Err(req_err(format!(
+                "prompt token {t} outside vocabulary {vocab}"
+            )));
         }
         match r.vectors() {
             Some(v) if model_cfg.cond_dim == 0 => {
@@ -241,7 +243,9 @@ pub fn sample_observed<B: Backend, C: Condition>(
                 return Err(req_err("condition contains NaN or infinity".into()))
             }
             None if has_cond => {
-                return Err(req_err("condition vectors missing (request 0 has them)".into()))
+                return Err(req_err(
+                    "condition vectors missing (request 0 has them)".into(),
+                ))
             }
             _ => {}
         }
@@ -271,7 +275,10 @@ pub fn sample_observed<B: Backend, C: Condition>(
             model_cfg.cond_dim,
         ]);
         let drop: Vec<f32> = (0..rows).map(|r| if r >= n { 1.0 } else { 0.0 }).collect();
-        (Some(t), guided.then(|| Tensor::from_floats(drop.as_slice(), device)))
+        (
+            Some(t),
+            guided.then(|| Tensor::from_floats(drop.as_slice(), device)),
+        )
     } else {
         (None, None)
     };
@@ -333,7 +340,8 @@ pub fn sample_observed<B: Backend, C: Condition>(
                     positions.extend(start..start + b);
                     let ctx = clean + if with_cond { cond_len } else { 0 };
                     let mask_t = (ctx > 0).then(|| {
-                        mask::MaskTable::new(mask::append_mask_data(cache.len(), ctx, b),
+                        mask::MaskTable::new(
+                            mask::append_mask_data(cache.len(), ctx, b),
                             ctx + b,
                             cache.len() + ctx + b,
                         )
@@ -393,9 +401,7 @@ pub fn sample_observed<B: Backend, C: Condition>(
                 if done[i] {
                     continue;
                 }
-                let masked: Vec<usize> = (0..b)
-                    .filter(|&p| seqs[i][seq_off + p] == MASK)
-                    .collect();
+                let masked: Vec<usize> = (0..b).filter(|&p| seqs[i][seq_off + p] == MASK).collect();
                 if masked.is_empty() {
                     continue;
                 }

@@ -25,7 +25,9 @@ pub fn sample_mask_rates<R: Rng>(
 ) -> Vec<f64> {
     let mut u: Vec<f64> = if antithetic {
         let off: f64 = rng.random();
-        (0..n).map(|k| (off + k as f64 / n as f64).fract()).collect()
+        (0..n)
+            .map(|k| (off + k as f64 / n as f64).fract())
+            .collect()
     } else {
         (0..n).map(|_| rng.random()).collect()
     };

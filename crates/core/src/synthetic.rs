@@ -213,7 +213,10 @@ mod tests {
             .sum::<f64>()
             / m as f64;
         let exact = src.sequence_entropy_per_token(len);
-        assert!((mean - exact).abs() < 0.02, "empirical {mean} vs exact {exact}");
+        assert!(
+            (mean - exact).abs() < 0.02,
+            "empirical {mean} vs exact {exact}"
+        );
         assert!(src.entropy_rate() < (4f64).ln());
     }
 }

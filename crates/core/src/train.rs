@@ -84,24 +84,38 @@ pub struct TrainConfig {
     /// Show a progress bar.
     #[config(default = true)]
     pub progress: bool,
+    /// Stop after this many steps in this call and save resume state (0 = run to `steps`):
+    /// for preemptible or time-sliced jobs; a later call with `resume` continues exactly.
+    #[config(default = 0)]
+    pub stop_after: usize,
 }
 
 impl TrainConfig {
     fn validate(&self) -> Result<(), TrainError> {
         let bad = |m: String| Err(TrainError::Config(m));
         if self.block_sizes.is_empty() || self.block_sizes.len() != self.block_weights.len() {
-            return bad("block_sizes and block_weights must be non-empty and of equal length".into());
+            return bad(
+                "block_sizes and block_weights must be non-empty and of equal length".into(),
+            );
         }
         for &b in self.block_sizes.iter().chain([&self.eval_block_size]) {
             if b == 0 || self.seq_len % b != 0 {
-                return bad(format!("block size {b} must divide seq_len {}", self.seq_len));
+                return bad(format!(
+                    "block size {b} must divide seq_len {}",
+                    self.seq_len
+                ));
             }
         }
-        if self.block_weights.iter().any(|w| !(*w >= 0.0)) || self.block_weights.iter().sum::<f64>() <= 0.0 {
+        if self.block_weights.iter().any(|w| !(*w >= 0.0))
+            || self.block_weights.iter().sum::<f64>() <= 0.0
+        {
             return bad("block_weights must be >= 0 with a positive sum".into());
         }
         if !(self.t_min > 0.0 && self.t_min <= self.t_max && self.t_max <= 1.0) {
-            return bad(format!("need 0 < t_min <= t_max <= 1, got [{}, {}]", self.t_min, self.t_max));
+            return bad(format!(
+                "need 0 < t_min <= t_max <= 1, got [{}, {}]",
+                self.t_min, self.t_max
+            ));
         }
         if self.batch_size == 0 {
             return bad("batch_size must be > 0".into());
@@ -162,7 +176,10 @@ pub fn check_data(
     for (i, ex) in data.iter().enumerate() {
         let err = |m: String| TrainError::Data(format!("{what} example {i}: {m}"));
         if ex.tokens.len() > seq_len {
-            return Err(err(format!("{} tokens exceed seq_len {seq_len}", ex.tokens.len())));
+            return Err(err(format!(
+                "{} tokens exceed seq_len {seq_len}",
+                ex.tokens.len()
+            )));
         }
         if ex.condition.prompt.len() != prompt_len {
             return Err(err(format!(
@@ -317,7 +334,10 @@ pub fn noised_batch<B: Backend>(
 }
 
 /// NELBO per token (nats) of a noised batch: `Σ w · CE / (batch · L)`.
-pub fn batch_loss<B: Backend>(model: &BlockDiffusionModel<B>, batch: NoisedBatch<B>) -> Tensor<B, 1> {
+pub fn batch_loss<B: Backend>(
+    model: &BlockDiffusionModel<B>,
+    batch: NoisedBatch<B>,
+) -> Tensor<B, 1> {
     let (logits, _) = model.forward_range(batch.input, None, batch.prompt_len, batch.seq_len);
     let [n, l, _] = logits.dims();
     let logp = log_softmax(logits, 2);
@@ -348,7 +368,8 @@ pub fn evaluate<B: Backend>(
     for _ in 0..passes.max(1) {
         for chunk in data.chunks(cfg.batch_size.max(1)) {
             let refs: Vec<&Example> = chunk.iter().collect();
-            let batch = noised_batch::<B>(&refs, model_cfg, cfg, block, noise, false, &mut rng, device);
+            let batch =
+                noised_batch::<B>(&refs, model_cfg, cfg, block, noise, false, &mut rng, device);
             let loss: f64 = batch_loss(model, batch).into_scalar().elem();
             total += loss * chunk.len() as f64;
             count += chunk.len();
@@ -382,14 +403,12 @@ fn clip_global_norm<B: AutodiffBackend>(
     impl<B: AutodiffBackend> ModuleVisitor<B> for Scale<'_> {
         fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
             if let Some(g) = self.grads.remove::<B::InnerBackend, D>(param.id) {
-                self.grads.register::<B::InnerBackend, D>(param.id, g * self.factor);
+                self.grads
+                    .register::<B::InnerBackend, D>(param.id, g * self.factor);
             }
         }
     }
-    let mut v = SumSq {
-        grads,
-        total: 0.0,
-    };
+    let mut v = SumSq { grads, total: 0.0 };
     model.visit(&mut v);
     let norm = v.total.sqrt();
     if max_norm > 0.0 && norm > max_norm {
@@ -432,7 +451,8 @@ pub fn train<B: AutodiffBackend>(
         .init::<B, BlockDiffusionModel<B>>();
     let mut first_step = 0;
     if let Some(spec) = ckpt.as_ref().filter(|s| s.resume) {
-        if let Some((m, o, step)) = checkpoint::load_resume(spec.dir, model.clone(), optim, device)? {
+        if let Some((m, o, step)) = checkpoint::load_resume(spec.dir, model.clone(), optim, device)?
+        {
             model = m;
             optim = o;
             first_step = step;
@@ -458,18 +478,34 @@ pub fn train<B: AutodiffBackend>(
     let mut recent = Vec::new();
     let started = std::time::Instant::now();
     let tail = (cfg.steps / 10).max(1);
+    let mut last_step = first_step;
     for step in first_step..cfg.steps {
+        if cfg.stop_after > 0 && report.steps >= cfg.stop_after {
+            break;
+        }
         // One RNG stream per step: resuming at step s replays exactly what a full run does.
-        let mut rng = StdRng::seed_from_u64(cfg.seed.wrapping_mul(6364136223846793005) ^ step as u64);
+        let mut rng =
+            StdRng::seed_from_u64(cfg.seed.wrapping_mul(6364136223846793005) ^ step as u64);
         let block = sample_block_size(&cfg.block_sizes, &cfg.block_weights, &mut rng);
         let refs: Vec<&Example> = (0..cfg.batch_size)
             .map(|_| &train[rng.random_range(0..train.len())])
             .collect();
-        let batch = noised_batch::<B>(&refs, model_cfg, cfg, block, Noise::Random, true, &mut rng, device);
+        let batch = noised_batch::<B>(
+            &refs,
+            model_cfg,
+            cfg,
+            block,
+            Noise::Random,
+            true,
+            &mut rng,
+            device,
+        );
         let loss = batch_loss(&model, batch);
         let loss_v: f64 = loss.clone().into_scalar().elem();
         if !loss_v.is_finite() {
-            return Err(TrainError::Data(format!("loss became {loss_v} at step {step}")));
+            return Err(TrainError::Data(format!(
+                "loss became {loss_v} at step {step}"
+            )));
         }
         let grads = loss.backward();
         let mut grads = GradientsParams::from_grads(grads, &model);
@@ -485,8 +521,18 @@ pub fn train<B: AutodiffBackend>(
         bar.inc(1);
         bar.set_message(format!("loss {loss_v:.4} b={block}"));
         let done = step + 1;
+        last_step = done;
         if cfg.eval_every > 0 && done % cfg.eval_every == 0 && done < cfg.steps && !val.is_empty() {
-            let v = evaluate(&model.valid(), model_cfg, cfg, val, cfg.eval_block_size, Noise::Random, 1, device);
+            let v = evaluate(
+                &model.valid(),
+                model_cfg,
+                cfg,
+                val,
+                cfg.eval_block_size,
+                Noise::Random,
+                1,
+                device,
+            );
             tracing::info!(step = done, val_nelbo = v, "validation");
             report.val_nelbo.push((done, v));
         }
@@ -499,7 +545,7 @@ pub fn train<B: AutodiffBackend>(
     }
     bar.finish_and_clear();
     let elapsed = started.elapsed().as_secs_f64();
-    report.final_step = cfg.steps;
+    report.final_step = last_step;
     report.final_train_loss = if recent.is_empty() {
         f64::NAN
     } else {
@@ -507,13 +553,22 @@ pub fn train<B: AutodiffBackend>(
     };
     report.tokens_per_s = (report.steps * cfg.batch_size * cfg.seq_len) as f64 / elapsed.max(1e-9);
     if !val.is_empty() {
-        let v = evaluate(&model.valid(), model_cfg, cfg, val, cfg.eval_block_size, Noise::Random, 1, device);
-        report.val_nelbo.push((cfg.steps, v));
+        let v = evaluate(
+            &model.valid(),
+            model_cfg,
+            cfg,
+            val,
+            cfg.eval_block_size,
+            Noise::Random,
+            1,
+            device,
+        );
+        report.val_nelbo.push((last_step, v));
     }
     if let Some(spec) = &ckpt {
         checkpoint::save(spec.dir, &model.valid(), model_cfg, &spec.tokenizer)?;
         checkpoint::write_json(&spec.dir.join(checkpoint::TRAIN_CONFIG_FILE), &cfg)?;
-        checkpoint::save_resume(spec.dir, &model, &optim, cfg.steps)?;
+        checkpoint::save_resume(spec.dir, &model, &optim, last_step)?;
     }
     Ok((model, report))
 }

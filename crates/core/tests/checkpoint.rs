@@ -6,7 +6,10 @@ use blockdiff_core::error::CheckpointError;
 use blockdiff_core::model::{BlockDiffusionConfig, ForwardInput};
 use blockdiff_core::CpuBackend as B;
 
-fn logits(model: &blockdiff_core::model::BlockDiffusionModel<B>, device: &blockdiff_core::burn::backend::flex::FlexDevice) -> Vec<f32> {
+fn logits(
+    model: &blockdiff_core::model::BlockDiffusionModel<B>,
+    device: &blockdiff_core::burn::backend::flex::FlexDevice,
+) -> Vec<f32> {
     let toks: Vec<i64> = (0..12).map(|i| (i * 5 % 20) as i64).collect();
     let input = ForwardInput {
         tokens: Tensor::<B, 1, Int>::from_data(TensorData::new(toks, [12]), device).reshape([2, 6]),
@@ -15,7 +18,12 @@ fn logits(model: &blockdiff_core::model::BlockDiffusionModel<B>, device: &blockd
         cond_drop: None,
         mask: None,
     };
-    model.forward(input, None).0.into_data().into_vec::<f32>().unwrap()
+    model
+        .forward(input, None)
+        .0
+        .into_data()
+        .into_vec::<f32>()
+        .unwrap()
 }
 
 fn cfg() -> BlockDiffusionConfig {
@@ -70,9 +78,16 @@ fn mismatched_config_names_the_tensor() {
     saved(&dir);
     let other = cfg().with_d_model(48);
     checkpoint::write_json(&dir.join(CONFIG_FILE), &other).unwrap();
-    let err = checkpoint::load::<B>(&dir, &Default::default()).err().expect("must fail");
+    let err = checkpoint::load::<B>(&dir, &Default::default())
+        .err()
+        .expect("must fail");
     match &err {
-        CheckpointError::ShapeMismatch { tensor, expected, found, .. } => {
+        CheckpointError::ShapeMismatch {
+            tensor,
+            expected,
+            found,
+            ..
+        } => {
             assert!(!tensor.is_empty());
             assert_ne!(expected, found);
         }
@@ -83,7 +98,10 @@ fn mismatched_config_names_the_tensor() {
     checkpoint::write_json(&dir.join(CONFIG_FILE), &cfg().with_n_layers(3)).unwrap();
     match checkpoint::load::<B>(&dir, &Default::default()) {
         Err(CheckpointError::MissingTensors { tensors, .. }) => {
-            assert!(tensors.iter().any(|t| t.starts_with("layers.2.")), "{tensors:?}")
+            assert!(
+                tensors.iter().any(|t| t.starts_with("layers.2.")),
+                "{tensors:?}"
+            )
         }
         Err(e) => panic!("unexpected error {e}"),
         Ok(_) => panic!("loaded with missing layer"),

@@ -2,6 +2,7 @@
 //! samples under every commit policy, batch > 1, block size > 1, with and without a cache.
 //! An untrained model is the hardest case: its predictions ignore the graph entirely.
 
+use blockdiff_core::burn::prelude::Backend;
 use blockdiff_core::condition::Conditioning;
 use blockdiff_core::constraint::{Constraint, SuccessorConstraint};
 use blockdiff_core::model::BlockDiffusionConfig;
@@ -9,7 +10,6 @@ use blockdiff_core::sample::{sample, CommitPolicy, SamplerConfig};
 use blockdiff_core::synthetic::MarkovSource;
 use blockdiff_core::tokenizer::{SymbolTokenizer, Tokenizer, EOS, MASK, PAD};
 use blockdiff_core::CpuBackend as B;
-use blockdiff_core::burn::prelude::Backend;
 
 fn graph() -> (SymbolTokenizer, Vec<Vec<u32>>) {
     // 32 symbols, 3 successors each: a random sparse graph (plus a ring edge for connectivity).
@@ -22,7 +22,9 @@ fn successor_constraint_holds_in_every_sample_under_every_policy() {
     let device = Default::default();
     B::seed(&device, 5);
     let (tok, succ) = graph();
-    let cfg = BlockDiffusionConfig::new(tok.vocab().size()).with_d_model(32).with_n_layers(1);
+    let cfg = BlockDiffusionConfig::new(tok.vocab().size())
+        .with_d_model(32)
+        .with_n_layers(1);
     let model = cfg.init::<B>(&device);
     let constraint = SuccessorConstraint::new(tok.vocab(), succ.clone(), false);
     let policies = [
@@ -46,7 +48,8 @@ fn successor_constraint_holds_in_every_sample_under_every_policy() {
                 ..SamplerConfig::default()
             };
             let reqs = vec![Conditioning::default(); batch];
-            let out = sample(&model, &cfg, &reqs, &constraint, &scfg, &device).expect("no dead end");
+            let out =
+                sample(&model, &cfg, &reqs, &constraint, &scfg, &device).expect("no dead end");
             for s in &out.sequences {
                 assert_eq!(s.len(), 20, "{policy:?}: full length");
                 let syms = tok.decode(s).expect("only regular tokens");
@@ -78,14 +81,19 @@ fn successor_constraint_is_exact_about_gaps() {
     let v = tok.vocab().size();
     let id = |s: usize| tok.vocab().regular_id(s);
     // a _ _ c : the middle may only hold nodes on a 3-edge walk from a to c.
-    let (a, target) = (0usize, succ[succ[succ[0][0] as usize][0] as usize][0] as usize);
+    let (a, target) = (
+        0usize,
+        succ[succ[succ[0][0] as usize][0] as usize][0] as usize,
+    );
     let seq = vec![id(a), MASK, MASK, id(target)];
     let mut allowed = vec![true; v];
     c.restrict(&seq, 1, &mut allowed);
     for s in 0..32 {
         let ok = allowed[id(s) as usize];
         let walk = succ[a].contains(&(s as u32))
-            && succ[s].iter().any(|&m| succ[m as usize].contains(&(target as u32)));
+            && succ[s]
+                .iter()
+                .any(|&m| succ[m as usize].contains(&(target as u32)));
         assert_eq!(ok, walk, "symbol {s}");
     }
     assert!(!allowed[EOS as usize], "no end before a committed node");

@@ -23,7 +23,9 @@ fn check(batch: usize, block: usize, policy: CommitPolicy, with_cond: bool) {
     let prompt_len = 3;
     let requests: Vec<Conditioning> = (0..batch)
         .map(|i| Conditioning {
-            prompt: (0..prompt_len).map(|j| 4 + ((i * 7 + j * 3) % 20) as u32).collect(),
+            prompt: (0..prompt_len)
+                .map(|j| 4 + ((i * 7 + j * 3) % 20) as u32)
+                .collect(),
             vectors: with_cond.then(|| (0..10).map(|k| ((i + k) as f32 * 0.37).sin()).collect()),
         })
         .collect();
@@ -67,8 +69,11 @@ fn check(batch: usize, block: usize, policy: CommitPolicy, with_cond: bool) {
                 Tensor::<B, 1>::from_floats(v.as_slice(), &device).reshape([batch, 2, 5])
             });
             let input = ForwardInput {
-                tokens: Tensor::<B, 1, Int>::from_data(TensorData::new(toks, [batch * total]), &device)
-                    .reshape([batch, total]),
+                tokens: Tensor::<B, 1, Int>::from_data(
+                    TensorData::new(toks, [batch * total]),
+                    &device,
+                )
+                .reshape([batch, total]),
                 positions: (cond_len..cond_len + total).collect(),
                 cond,
                 cond_drop: None,
@@ -108,7 +113,9 @@ fn sampler_without_cache_matches_sampler_with_cache() {
     // Same seed, same weights: the two paths make the same decisions.
     let device = Default::default();
     B::seed(&device, 3);
-    let cfg = BlockDiffusionConfig::new(16).with_d_model(32).with_n_layers(2);
+    let cfg = BlockDiffusionConfig::new(16)
+        .with_d_model(32)
+        .with_n_layers(2);
     let model = cfg.init::<B>(&device);
     let reqs = vec![Conditioning::default(); 3];
     let mut scfg = SamplerConfig {
@@ -119,9 +126,11 @@ fn sampler_without_cache_matches_sampler_with_cache() {
         temperature: 0.0,
         ..SamplerConfig::default()
     };
-    let a = blockdiff_core::sample::sample(&model, &cfg, &reqs, &Unconstrained, &scfg, &device).unwrap();
+    let a = blockdiff_core::sample::sample(&model, &cfg, &reqs, &Unconstrained, &scfg, &device)
+        .unwrap();
     scfg.use_cache = false;
-    let b = blockdiff_core::sample::sample(&model, &cfg, &reqs, &Unconstrained, &scfg, &device).unwrap();
+    let b = blockdiff_core::sample::sample(&model, &cfg, &reqs, &Unconstrained, &scfg, &device)
+        .unwrap();
     assert_eq!(a.sequences, b.sequences);
     assert_eq!(a.stats.nfe, b.stats.nfe);
     assert_eq!(a.stats.nfe, 3 * 2, "two steps per block, three blocks");

@@ -19,7 +19,11 @@ fn learns_a_known_markov_source() {
         100.0 * ar_gap
     );
     // The NELBO upper-bounds the NLL: it cannot beat the entropy by more than estimation noise.
-    assert!(fit.val_nelbo_block > h - 0.03, "NELBO {} below entropy {h}", fit.val_nelbo_block);
+    assert!(
+        fit.val_nelbo_block > h - 0.03,
+        "NELBO {} below entropy {h}",
+        fit.val_nelbo_block
+    );
     // Context-free baseline: the unigram entropy of the symbols is ≈ ln 32 = 3.47 nats.
     // At CI size the block objective is still ~30% above the entropy (README, "learning");
     // this bound catches a broken objective or mask, not the last few percent.
