@@ -478,6 +478,18 @@ pub fn train<B: AutodiffBackend>(
     let mut recent = Vec::new();
     let started = std::time::Instant::now();
     let tail = (cfg.steps / 10).max(1);
+    let validate = |m: &BlockDiffusionModel<B>| {
+        evaluate(
+            &m.valid(),
+            model_cfg,
+            cfg,
+            val,
+            cfg.eval_block_size,
+            Noise::Random,
+            1,
+            device,
+        )
+    };
     let mut last_step = first_step;
     for step in first_step..cfg.steps {
         if cfg.stop_after > 0 && report.steps >= cfg.stop_after {
@@ -523,16 +535,7 @@ pub fn train<B: AutodiffBackend>(
         let done = step + 1;
         last_step = done;
         if cfg.eval_every > 0 && done % cfg.eval_every == 0 && done < cfg.steps && !val.is_empty() {
-            let v = evaluate(
-                &model.valid(),
-                model_cfg,
-                cfg,
-                val,
-                cfg.eval_block_size,
-                Noise::Random,
-                1,
-                device,
-            );
+            let v = validate(&model);
             tracing::info!(step = done, val_nelbo = v, "validation");
             report.val_nelbo.push((done, v));
         }
@@ -553,16 +556,7 @@ pub fn train<B: AutodiffBackend>(
     };
     report.tokens_per_s = (report.steps * cfg.batch_size * cfg.seq_len) as f64 / elapsed.max(1e-9);
     if !val.is_empty() {
-        let v = evaluate(
-            &model.valid(),
-            model_cfg,
-            cfg,
-            val,
-            cfg.eval_block_size,
-            Noise::Random,
-            1,
-            device,
-        );
+        let v = validate(&model);
         report.val_nelbo.push((last_step, v));
     }
     if let Some(spec) = &ckpt {
