@@ -249,8 +249,8 @@ pub fn measure_decoding(
             ..cfg.clone()
         };
         let t = Instant::now();
-        let out = sample(&model.clone(), &mcfg, &reqs, &Unconstrained, &c, &device)
-            .expect("valid sampler config");
+        let out =
+            sample(model, &mcfg, &reqs, &Unconstrained, &c, &device).expect("valid sampler config");
         walls.push(t.elapsed().as_secs_f64());
         nfe_total += out.stats.nfe;
         tpf += out.stats.tokens_per_forward();

@@ -415,9 +415,8 @@ impl<B: Backend> BlockDiffusionModel<B> {
         cache: Option<&KvCache<B>>,
     ) -> (Tensor<B, 3>, Vec<LayerKv<B>>) {
         let (h, kvs, n_cond) = self.hidden(input, cache);
-        let [batch, total, d] = h.dims();
+        let total = h.dims()[1];
         let h = h.narrow(1, n_cond, total - n_cond);
-        let _ = (batch, d);
         (self.head.forward(self.norm.forward(h)), kvs)
     }
 
