@@ -1,0 +1,103 @@
+//! HOSER round trip and the trip simulator on the real Helsinki network.
+
+use std::path::PathBuf;
+
+use blockdiff_traj::hoser;
+use blockdiff_traj::network::{ImportOptions, RoadNetwork};
+use blockdiff_traj::simulate::{simulate, SimConfig};
+use blockdiff_traj::{TrajError, Trip};
+
+fn helsinki() -> RoadNetwork {
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../datasets/helsinki/Helsinki.osm.pbf");
+    assert!(p.exists(), "{} missing: run datasets/helsinki/fetch.sh", p.display());
+    RoadNetwork::from_pbf(&p, &ImportOptions::default()).unwrap()
+}
+
+#[test]
+fn hoser_round_trip() {
+    let net = helsinki();
+    let dir = tempfile::tempdir().unwrap();
+    hoser::write_roadmap(dir.path(), &net).unwrap();
+    let back = hoser::read_roadmap(dir.path()).unwrap();
+    assert_eq!(back.len(), net.len());
+    assert_eq!(back.successors, net.successors);
+    for (a, b) in net.segments.iter().zip(&back.segments) {
+        assert_eq!(a.from_node, b.from_node);
+        assert_eq!(a.to_node, b.to_node);
+        assert_eq!(a.highway, b.highway);
+        assert!((a.length_m - b.length_m).abs() < 1e-3);
+        for (p, q) in a.points().zip(b.points()) {
+            assert!((p[0] - q[0]).abs() < 1e-6 && (p[1] - q[1]).abs() < 1e-6);
+        }
+    }
+    let sim = simulate(&net, &SimConfig { n_trips: 50, ..SimConfig::default() }).unwrap();
+    let path = dir.path().join("train.csv");
+    hoser::write_trips(&path, &sim.train).unwrap();
+    let trips = hoser::read_trips(&path, back.len()).unwrap();
+    assert_eq!(trips, sim.train);
+    // No temporary files are left behind.
+    let leftovers: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().extension().is_some_and(|x| x == "tmp"))
+        .collect();
+    assert!(leftovers.is_empty());
+}
+
+#[test]
+fn hoser_bad_input_is_typed() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("trips.csv");
+    std::fs::write(&p, "mm_id,entity_id,traj_id,rid_list,time_list\n0,0,0,\"1,2,99999\",\n").unwrap();
+    match hoser::read_trips(&p, 100) {
+        Err(TrajError::UnknownSegment { id, context }) => {
+            assert_eq!(id, 99999);
+            assert!(context.contains("line 2"), "{context}");
+        }
+        other => panic!("expected UnknownSegment, got {other:?}"),
+    }
+    std::fs::write(&p, "mm_id,rid_list\n0,\"1,x\"\n").unwrap();
+    assert!(matches!(hoser::read_trips(&p, 100), Err(TrajError::Format { line: 2, .. })));
+    std::fs::write(&p, "mm_id,foo\n0,1\n").unwrap();
+    assert!(matches!(hoser::read_trips(&p, 100), Err(TrajError::Format { line: 1, .. })));
+    std::fs::write(&p, "rid_list,time_list\n\"1,2\",\"2019-11-25T00:00:52Z\"\n").unwrap();
+    assert!(matches!(hoser::read_trips(&p, 100), Err(TrajError::Format { line: 2, .. })));
+    // Roadmap with a relation to a missing segment.
+    std::fs::write(
+        dir.path().join("roadmap.geo"),
+        "geo_id,type,coordinates,highway,length\n0,LineString,\"[[24.9,60.1],[24.91,60.1]]\",residential,500\n",
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("roadmap.rel"), "rel_id,type,origin_id,destination_id\n0,geo,0,7\n").unwrap();
+    assert!(matches!(
+        hoser::read_roadmap(dir.path()),
+        Err(TrajError::UnknownSegment { id: 7, .. })
+    ));
+    std::fs::write(
+        dir.path().join("roadmap.geo"),
+        "geo_id,type,coordinates\n0,LineString,\"[[24.9,60.1]]\"\n",
+    )
+    .unwrap();
+    assert!(matches!(hoser::read_roadmap(dir.path()), Err(TrajError::Format { line: 2, .. })));
+}
+
+#[test]
+fn simulator_is_seeded_connected_and_not_just_shortest_paths() {
+    let net = helsinki();
+    let cfg = SimConfig { n_trips: 400, ..SimConfig::default() };
+    let a = simulate(&net, &cfg).unwrap();
+    let b = simulate(&net, &cfg).unwrap();
+    assert_eq!(a.train, b.train);
+    assert_eq!(a.train.len() + a.val.len() + a.test.len(), 400);
+    assert_eq!(a.test.len(), 40);
+    let all: Vec<&Trip> = a.train.iter().chain(&a.val).chain(&a.test).collect();
+    for t in &all {
+        assert!(net.is_connected_route(&t.route));
+        let times = t.times.as_ref().unwrap();
+        assert!(times.windows(2).all(|w| w[0] <= w[1]));
+    }
+    eprintln!("{:?}", a.stats);
+    assert!(a.stats.share_not_shortest_distance > 0.2, "{:?}", a.stats);
+    assert!(a.stats.share_not_shortest_distance < 1.0);
+    assert!(a.stats.mean_length_m > 500.0);
+}
