@@ -143,15 +143,24 @@ pub fn read_roadmap(dir: &Path) -> Result<RoadNetwork, TrajError> {
         let line = k + 2;
         let rec = rec.map_err(|e| fmt(line, e.to_string()))?;
         let get = |c: Option<usize>| c.and_then(|c| rec.get(c)).map(str::trim).unwrap_or("");
-        let id: usize = get(Some(c_id))
-            .parse()
-            .map_err(|_| fmt(line, format!("geo_id `{}` is not a non-negative integer", get(Some(c_id)))))?;
+        let id: usize = get(Some(c_id)).parse().map_err(|_| {
+            fmt(
+                line,
+                format!("geo_id `{}` is not a non-negative integer", get(Some(c_id))),
+            )
+        })?;
         let coords: Vec<[f64; 2]> = serde_json::from_str(get(Some(c_coords)))
             .map_err(|e| fmt(line, format!("coordinates: {e}")))?;
         if coords.len() < 2 || coords.iter().flatten().any(|v| !v.is_finite()) {
-            return Err(fmt(line, "coordinates: need >= 2 finite [lon, lat] points".into()));
+            return Err(fmt(
+                line,
+                "coordinates: need >= 2 finite [lon, lat] points".into(),
+            ));
         }
-        if coords.iter().any(|p| p[0].abs() > 180.0 || p[1].abs() > 90.0) {
+        if coords
+            .iter()
+            .any(|p| p[0].abs() > 180.0 || p[1].abs() > 90.0)
+        {
             return Err(fmt(line, "coordinates: outside lon/lat range".into()));
         }
         let geometry: LineString<f64> = coords.iter().map(|p| (p[0], p[1])).collect();
@@ -189,7 +198,10 @@ pub fn read_roadmap(dir: &Path) -> Result<RoadNetwork, TrajError> {
         if *id != i {
             return Err(fmt(
                 0,
-                format!("geo_id must be exactly 0..{} (found {id} where {i} was expected)", rows.len()),
+                format!(
+                    "geo_id must be exactly 0..{} (found {id} where {i} was expected)",
+                    rows.len()
+                ),
             ));
         }
     }
@@ -214,7 +226,10 @@ pub fn read_roadmap(dir: &Path) -> Result<RoadNetwork, TrajError> {
         let line = k + 2;
         let rec = rec.map_err(|e| fmt(line, e.to_string()))?;
         let mut ids = [0usize; 2];
-        for (slot, (c, name)) in ids.iter_mut().zip([(c_o, "origin_id"), (c_d, "destination_id")]) {
+        for (slot, (c, name)) in ids
+            .iter_mut()
+            .zip([(c_o, "origin_id"), (c_d, "destination_id")])
+        {
             let v = rec.get(c).unwrap_or("").trim();
             let id: i64 = v
                 .parse()
@@ -241,9 +256,20 @@ pub fn write_trips(path: &Path, trips: &[Trip]) -> Result<(), TrajError> {
             let times = t
                 .times
                 .as_ref()
-                .map(|ts| ts.iter().map(|&s| format_iso(s)).collect::<Vec<_>>().join(","))
+                .map(|ts| {
+                    ts.iter()
+                        .map(|&s| format_iso(s))
+                        .collect::<Vec<_>>()
+                        .join(",")
+                })
                 .unwrap_or_default();
-            vec![i.to_string(), i.to_string(), i.to_string(), rids.join(","), times]
+            vec![
+                i.to_string(),
+                i.to_string(),
+                i.to_string(),
+                rids.join(","),
+                times,
+            ]
         }),
     );
     write_atomic(path, &bytes)
@@ -292,12 +318,23 @@ pub fn read_trips(path: &Path, n_segments: usize) -> Result<Vec<Trip>, TrajError
                     .split(',')
                     .map(|s| s.trim().trim_matches(['\'', '"']))
                     .filter(|s| !s.is_empty())
-                    .map(|s| parse_iso(s).ok_or_else(|| fmt(line, format!("time_list entry `{s}` is not YYYY-MM-DDTHH:MM:SSZ"))))
+                    .map(|s| {
+                        parse_iso(s).ok_or_else(|| {
+                            fmt(
+                                line,
+                                format!("time_list entry `{s}` is not YYYY-MM-DDTHH:MM:SSZ"),
+                            )
+                        })
+                    })
                     .collect::<Result<Vec<i64>, _>>()?;
                 if ts.len() != route.len() {
                     return Err(fmt(
                         line,
-                        format!("time_list has {} entries, rid_list {}", ts.len(), route.len()),
+                        format!(
+                            "time_list has {} entries, rid_list {}",
+                            ts.len(),
+                            route.len()
+                        ),
                     ));
                 }
                 Some(ts)

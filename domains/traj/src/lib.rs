@@ -14,6 +14,7 @@
 
 pub mod error;
 pub mod hoser;
+pub mod matching;
 pub mod metrics;
 pub mod network;
 pub mod simulate;

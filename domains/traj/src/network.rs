@@ -298,7 +298,11 @@ impl RoadNetwork {
         for w in &ways {
             for (i, r) in w.refs.iter().enumerate() {
                 // End points always split; interior nodes split when shared.
-                let bump = if i == 0 || i + 1 == w.refs.len() { 2 } else { 1 };
+                let bump = if i == 0 || i + 1 == w.refs.len() {
+                    2
+                } else {
+                    1
+                };
                 *uses.entry(*r).or_default() += bump;
             }
         }
@@ -587,7 +591,10 @@ impl RoadNetwork {
             let l = Haversine.distance(Point::from(w[0]), Point::from(w[1]));
             if left <= l && l > 0.0 {
                 let t = left / l;
-                return [w[0].x + t * (w[1].x - w[0].x), w[0].y + t * (w[1].y - w[0].y)];
+                return [
+                    w[0].x + t * (w[1].x - w[0].x),
+                    w[0].y + t * (w[1].y - w[0].y),
+                ];
             }
             left -= l;
         }
@@ -681,7 +688,9 @@ pub fn node_successors(segments: &[Segment]) -> Vec<Vec<usize>> {
         .map(|a| {
             let cands = starts.get(&a.to_node).unwrap_or(&empty);
             let is_uturn = |b: &Segment| {
-                b.way_id == a.way_id && b.to_node == a.from_node && b.geometry.0.len() == a.geometry.0.len()
+                b.way_id == a.way_id
+                    && b.to_node == a.from_node
+                    && b.geometry.0.len() == a.geometry.0.len()
             };
             let forward: Vec<usize> = cands
                 .iter()

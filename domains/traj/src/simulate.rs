@@ -200,9 +200,13 @@ fn congestion(sec: f64) -> f64 {
 /// with `largest_scc`); unreachable pairs are redrawn.
 pub fn simulate(net: &RoadNetwork, cfg: &SimConfig) -> Result<SimulatedTrips, TrajError> {
     if net.len() < 2 {
-        return Err(TrajError::Config("network needs at least 2 segments".into()));
+        return Err(TrajError::Config(
+            "network needs at least 2 segments".into(),
+        ));
     }
-    if cfg.n_trips == 0 || !(cfg.val_share >= 0.0 && cfg.test_share >= 0.0 && cfg.val_share + cfg.test_share < 1.0) {
+    if cfg.n_trips == 0
+        || !(cfg.val_share >= 0.0 && cfg.test_share >= 0.0 && cfg.val_share + cfg.test_share < 1.0)
+    {
         return Err(TrajError::Config(
             "n_trips must be > 0 and val_share + test_share in [0, 1)".into(),
         ));
@@ -275,12 +279,22 @@ pub fn simulate(net: &RoadNetwork, cfg: &SimConfig) -> Result<SimulatedTrips, Tr
         let class_f = (cfg.class_noise * normal(&mut rng)).exp();
         let factor: Vec<f64> = (0..n)
             .map(|s| {
-                let pref = if is_major(&net.segments[s].highway) { 1.0 } else { class_f };
+                let pref = if is_major(&net.segments[s].highway) {
+                    1.0
+                } else {
+                    class_f
+                };
                 pref * (cfg.preference_noise * normal(&mut rng)).exp()
             })
             .collect();
-        let Some(route) = best_route(net, o, d, RouteCost::Time, &cfg.turn_penalty_s, Some(&factor))
-        else {
+        let Some(route) = best_route(
+            net,
+            o,
+            d,
+            RouteCost::Time,
+            &cfg.turn_penalty_s,
+            Some(&factor),
+        ) else {
             continue;
         };
         let shortest = best_route(net, o, d, RouteCost::Distance, &cfg.turn_penalty_s, None);
@@ -310,7 +324,11 @@ pub fn simulate(net: &RoadNetwork, cfg: &SimConfig) -> Result<SimulatedTrips, Tr
         trips: trips.len(),
         share_not_shortest_distance: not_shortest as f64 / k,
         share_not_fastest: not_fastest as f64 / k,
-        mean_length_m: trips.iter().map(|t| net.route_length_m(&t.route)).sum::<f64>() / k,
+        mean_length_m: trips
+            .iter()
+            .map(|t| net.route_length_m(&t.route))
+            .sum::<f64>()
+            / k,
         mean_segments: trips.iter().map(|t| t.route.len() as f64).sum::<f64>() / k,
         max_segments: trips.iter().map(|t| t.route.len()).max().unwrap_or(0),
     };

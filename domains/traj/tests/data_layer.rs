@@ -8,8 +8,13 @@ use blockdiff_traj::simulate::{simulate, SimConfig};
 use blockdiff_traj::{TrajError, Trip};
 
 fn helsinki() -> RoadNetwork {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../datasets/helsinki/Helsinki.osm.pbf");
-    assert!(p.exists(), "{} missing: run datasets/helsinki/fetch.sh", p.display());
+    let p =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../datasets/helsinki/Helsinki.osm.pbf");
+    assert!(
+        p.exists(),
+        "{} missing: run datasets/helsinki/fetch.sh",
+        p.display()
+    );
     RoadNetwork::from_pbf(&p, &ImportOptions::default()).unwrap()
 }
 
@@ -30,7 +35,14 @@ fn hoser_round_trip() {
             assert!((p[0] - q[0]).abs() < 1e-6 && (p[1] - q[1]).abs() < 1e-6);
         }
     }
-    let sim = simulate(&net, &SimConfig { n_trips: 50, ..SimConfig::default() }).unwrap();
+    let sim = simulate(
+        &net,
+        &SimConfig {
+            n_trips: 50,
+            ..SimConfig::default()
+        },
+    )
+    .unwrap();
     let path = dir.path().join("train.csv");
     hoser::write_trips(&path, &sim.train).unwrap();
     let trips = hoser::read_trips(&path, back.len()).unwrap();
@@ -48,7 +60,11 @@ fn hoser_round_trip() {
 fn hoser_bad_input_is_typed() {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("trips.csv");
-    std::fs::write(&p, "mm_id,entity_id,traj_id,rid_list,time_list\n0,0,0,\"1,2,99999\",\n").unwrap();
+    std::fs::write(
+        &p,
+        "mm_id,entity_id,traj_id,rid_list,time_list\n0,0,0,\"1,2,99999\",\n",
+    )
+    .unwrap();
     match hoser::read_trips(&p, 100) {
         Err(TrajError::UnknownSegment { id, context }) => {
             assert_eq!(id, 99999);
@@ -57,18 +73,31 @@ fn hoser_bad_input_is_typed() {
         other => panic!("expected UnknownSegment, got {other:?}"),
     }
     std::fs::write(&p, "mm_id,rid_list\n0,\"1,x\"\n").unwrap();
-    assert!(matches!(hoser::read_trips(&p, 100), Err(TrajError::Format { line: 2, .. })));
+    assert!(matches!(
+        hoser::read_trips(&p, 100),
+        Err(TrajError::Format { line: 2, .. })
+    ));
     std::fs::write(&p, "mm_id,foo\n0,1\n").unwrap();
-    assert!(matches!(hoser::read_trips(&p, 100), Err(TrajError::Format { line: 1, .. })));
+    assert!(matches!(
+        hoser::read_trips(&p, 100),
+        Err(TrajError::Format { line: 1, .. })
+    ));
     std::fs::write(&p, "rid_list,time_list\n\"1,2\",\"2019-11-25T00:00:52Z\"\n").unwrap();
-    assert!(matches!(hoser::read_trips(&p, 100), Err(TrajError::Format { line: 2, .. })));
+    assert!(matches!(
+        hoser::read_trips(&p, 100),
+        Err(TrajError::Format { line: 2, .. })
+    ));
     // Roadmap with a relation to a missing segment.
     std::fs::write(
         dir.path().join("roadmap.geo"),
         "geo_id,type,coordinates,highway,length\n0,LineString,\"[[24.9,60.1],[24.91,60.1]]\",residential,500\n",
     )
     .unwrap();
-    std::fs::write(dir.path().join("roadmap.rel"), "rel_id,type,origin_id,destination_id\n0,geo,0,7\n").unwrap();
+    std::fs::write(
+        dir.path().join("roadmap.rel"),
+        "rel_id,type,origin_id,destination_id\n0,geo,0,7\n",
+    )
+    .unwrap();
     assert!(matches!(
         hoser::read_roadmap(dir.path()),
         Err(TrajError::UnknownSegment { id: 7, .. })
@@ -78,13 +107,19 @@ fn hoser_bad_input_is_typed() {
         "geo_id,type,coordinates\n0,LineString,\"[[24.9,60.1]]\"\n",
     )
     .unwrap();
-    assert!(matches!(hoser::read_roadmap(dir.path()), Err(TrajError::Format { line: 2, .. })));
+    assert!(matches!(
+        hoser::read_roadmap(dir.path()),
+        Err(TrajError::Format { line: 2, .. })
+    ));
 }
 
 #[test]
 fn simulator_is_seeded_connected_and_not_just_shortest_paths() {
     let net = helsinki();
-    let cfg = SimConfig { n_trips: 400, ..SimConfig::default() };
+    let cfg = SimConfig {
+        n_trips: 400,
+        ..SimConfig::default()
+    };
     let a = simulate(&net, &cfg).unwrap();
     let b = simulate(&net, &cfg).unwrap();
     assert_eq!(a.train, b.train);
@@ -100,4 +135,50 @@ fn simulator_is_seeded_connected_and_not_just_shortest_paths() {
     assert!(a.stats.share_not_shortest_distance > 0.2, "{:?}", a.stats);
     assert!(a.stats.share_not_shortest_distance < 1.0);
     assert!(a.stats.mean_length_m > 500.0);
+}
+
+#[test]
+fn map_matching_accuracy_on_noisy_gps() {
+    use blockdiff_traj::matching::{match_trace, route_agreement, synthesize_gps, MatchConfig};
+    let net = helsinki();
+    let sim = simulate(
+        &net,
+        &SimConfig {
+            n_trips: 60,
+            seed: 11,
+            ..SimConfig::default()
+        },
+    )
+    .unwrap();
+    let trips: Vec<&Trip> = sim.train.iter().take(40).collect();
+    use blockdiff_traj::matching::evaluate_matching;
+    let routes: Vec<Vec<usize>> = trips.iter().map(|t| t.route.clone()).collect();
+    for (i, t) in trips.iter().take(5).enumerate() {
+        let tr = synthesize_gps(&net, &t.route, 10.0, 20.0, i as u64);
+        let m = match_trace(&net, &tr.points, &MatchConfig::for_sigma(20.0)).unwrap();
+        assert!(
+            net.is_connected_route(&m),
+            "matched route must be connected"
+        );
+        assert!(route_agreement(&tr.covered, &m).accuracy > 0.5);
+    }
+    for (sigma, interval, goal) in [(10.0, 5.0, 0.95), (20.0, 15.0, 0.95), (40.0, 15.0, 0.8)] {
+        let a = evaluate_matching(&net, &routes, sigma, interval, 0).unwrap();
+        eprintln!("sigma {sigma} m, every {interval} s: {a:?}");
+        assert!(a.accuracy >= goal, "sigma {sigma}: {a:?} < {goal}");
+        assert!(a.precision >= goal - 0.1, "sigma {sigma}: {a:?}");
+    }
+    // GPS outside the map is a typed error.
+    let far = vec![
+        blockdiff_traj::matching::GpsPoint {
+            lon: 0.0,
+            lat: 0.0,
+            t: 0.0
+        };
+        5
+    ];
+    assert!(matches!(
+        match_trace(&net, &far, &MatchConfig::default()),
+        Err(TrajError::Matching(_))
+    ));
 }

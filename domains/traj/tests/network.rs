@@ -6,7 +6,9 @@ use blockdiff_traj::network::{ImportOptions, RoadNetwork};
 use blockdiff_traj::TrajError;
 
 fn dataset(name: &str) -> PathBuf {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../datasets/helsinki").join(name);
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../datasets/helsinki")
+        .join(name);
     assert!(
         p.exists(),
         "{} missing: run datasets/helsinki/fetch.sh first",
@@ -41,15 +43,27 @@ fn helsinki_graph_is_consistent() {
     // One-way ways give exactly one direction; two-way ways give both.
     let mut dirs: std::collections::HashMap<(i64, i64, i64), usize> = Default::default();
     for s in &all.segments {
-        let key = (s.way_id, s.from_node.min(s.to_node), s.from_node.max(s.to_node));
+        let key = (
+            s.way_id,
+            s.from_node.min(s.to_node),
+            s.from_node.max(s.to_node),
+        );
         *dirs.entry(key).or_default() += 1;
     }
     let oneways = all.segments.iter().filter(|s| s.oneway).count();
     assert!(oneways > 0, "Helsinki has one-way streets");
     for s in &all.segments {
-        let key = (s.way_id, s.from_node.min(s.to_node), s.from_node.max(s.to_node));
+        let key = (
+            s.way_id,
+            s.from_node.min(s.to_node),
+            s.from_node.max(s.to_node),
+        );
         if s.oneway {
-            assert_eq!(dirs[&key], 1, "one-way way {} has both directions", s.way_id);
+            assert_eq!(
+                dirs[&key], 1,
+                "one-way way {} has both directions",
+                s.way_id
+            );
         }
     }
     for s in all.segments.iter().filter(|s| s.roundabout) {
@@ -60,7 +74,10 @@ fn helsinki_graph_is_consistent() {
         assert!(s.length_m > 0.0);
         let mid = net.point_along(i, s.length_m / 2.0);
         let c = net.candidates(mid, 5.0);
-        assert!(c.iter().any(|c| c.segment == i && c.distance_m < 1.0), "segment {i}");
+        assert!(
+            c.iter().any(|c| c.segment == i && c.distance_m < 1.0),
+            "segment {i}"
+        );
     }
     // Largest SCC: everything reaches everything; spot-check with a BFS.
     let mut seen = vec![false; net.len()];
