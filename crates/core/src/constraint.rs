@@ -90,12 +90,26 @@ impl SuccessorConstraint {
 
     /// Nodes reachable from `start` by walks of exactly `steps` edges along `adj`.
     fn reach(adj: &[Vec<u32>], start: usize, steps: usize) -> Vec<bool> {
+        Self::reach_avoiding(adj, start, steps, None)
+    }
+
+    /// Like [`Self::reach`], but the walk never continues *from* `avoid` after its first step
+    /// (`avoid` may be the start or the end point, never an intermediate node).
+    fn reach_avoiding(
+        adj: &[Vec<u32>],
+        start: usize,
+        steps: usize,
+        avoid: Option<usize>,
+    ) -> Vec<bool> {
         let n = adj.len();
         let mut cur = vec![false; n];
         cur[start] = true;
-        for _ in 0..steps {
+        for step in 0..steps {
             let mut next = vec![false; n];
             for (i, _) in cur.iter().enumerate().filter(|(_, &c)| c) {
+                if step > 0 && Some(i) == avoid {
+                    continue;
+                }
                 for &j in &adj[i] {
                     next[j as usize] = true;
                 }
@@ -103,6 +117,153 @@ impl SuccessorConstraint {
             cur = next;
         }
         cur
+    }
+
+    /// Hop distance from every node to `target` along the edges (`usize::MAX` = unreachable).
+    pub fn hops_to(&self, target: usize) -> Vec<usize> {
+        let mut dist = vec![usize::MAX; self.succ.len()];
+        if target >= dist.len() {
+            return dist;
+        }
+        dist[target] = 0;
+        let mut queue = std::collections::VecDeque::from([target]);
+        while let Some(c) = queue.pop_front() {
+            for &p in &self.pred[c] {
+                if dist[p as usize] == usize::MAX {
+                    dist[p as usize] = dist[c] + 1;
+                    queue.push_back(p as usize);
+                }
+            }
+        }
+        dist
+    }
+
+    /// [`Constraint::restrict`] for sequences that must stop at a destination: the regular
+    /// token `terminal` appears exactly once, as the last token before `EOS` (then `PAD`), and
+    /// `EOS` may only follow it. With `horizon` (the sequence's length limit, prompt included)
+    /// a node is only allowed where `terminal` is still reachable before the limit, so every
+    /// sequence reaches its destination. Exact for parallel decoding like [`Self::restrict`]:
+    /// a token is allowed iff some valid completion agrees with it and the committed tokens.
+    pub fn restrict_to_terminal(
+        &self,
+        seq: &[u32],
+        pos: usize,
+        allowed: &mut [bool],
+        terminal: u32,
+        horizon: Option<usize>,
+    ) {
+        let Some(d) = self.node(terminal) else {
+            return self.restrict(seq, pos, allowed);
+        };
+        let only = |allowed: &mut [bool], tok: u32| {
+            allowed
+                .iter_mut()
+                .enumerate()
+                .for_each(|(t, a)| *a &= t as u32 == tok);
+        };
+        let left = (0..pos).rev().find(|&i| seq[i] != MASK);
+        let right = (pos + 1..seq.len()).find(|&j| seq[j] != MASK);
+        let left_tok = left.map(|i| seq[i]);
+        if matches!(left_tok, Some(EOS) | Some(PAD)) {
+            return only(allowed, PAD);
+        }
+        if left_tok == Some(terminal) {
+            // The destination is committed: EOS right after it, padding beyond.
+            let i = left.expect("left token implies left position");
+            return only(allowed, if pos == i + 1 { EOS } else { PAD });
+        }
+        let n = self.succ.len();
+        let left_node = left.and_then(|i| left_tok.and_then(|t| self.node(t)).map(|a| (i, a)));
+        // Walk sets from the left anchor, step by step (walks never pass through `d`).
+        let steps = left_node.map_or(0, |(i, _)| pos - i);
+        let sets = left_node.map(|(_, a)| Self::walk_sets(&self.succ, a, steps, Some(d)));
+        let d_at = |k: usize| sets.as_ref().is_none_or(|s| s[k][d]);
+        // EOS here: the destination at pos - 1. PAD here: the destination earlier still.
+        let gap = left_node.map_or(usize::MAX, |(i, _)| pos - i);
+        let eos_here = gap >= 2 && d_at(gap - 1);
+        let pad_here = gap >= 3 && (1..=gap - 2).any(d_at);
+        let mut ok = match &sets {
+            Some(s) => s[steps].clone(),
+            None => vec![true; n],
+        };
+        let (mut eos_ok, mut pad_ok) = (false, false);
+        let hops = horizon
+            .is_some()
+            .then(|| self.hops_to(d))
+            .or_else(|| matches!(right.map(|j| seq[j]), Some(PAD)).then(|| self.hops_to(d)));
+        match right.map(|j| (j, seq[j])) {
+            None => {
+                eos_ok = eos_here;
+                pad_ok = pad_here;
+            }
+            Some((j, EOS)) => {
+                if j == pos + 1 {
+                    ok.iter_mut().enumerate().for_each(|(k, o)| *o &= k == d);
+                } else {
+                    let r = Self::reach_avoiding(&self.pred, d, j - 1 - pos, Some(d));
+                    ok.iter_mut().zip(r).for_each(|(o, r)| *o &= r);
+                    ok[d] = false;
+                }
+            }
+            Some((j, PAD)) => {
+                // The destination must come at j - 2 at the latest.
+                let room = (j as isize - 2 - pos as isize).max(-1);
+                let h = hops.as_ref().expect("computed for a PAD anchor");
+                ok.iter_mut()
+                    .zip(h)
+                    .for_each(|(o, &h)| *o &= room >= 0 && h <= room as usize);
+                eos_ok = eos_here;
+                pad_ok = pad_here;
+            }
+            Some((j, t)) => match self.node(t) {
+                Some(c) => {
+                    let r = Self::reach_avoiding(&self.pred, c, j - pos, Some(d));
+                    ok.iter_mut().zip(r).for_each(|(o, r)| *o &= r);
+                    ok[d] = false;
+                }
+                None => ok.iter_mut().for_each(|o| *o = false),
+            },
+        }
+        if let (Some(limit), Some(h)) = (horizon, hops.as_ref()) {
+            // The destination must fit before the limit.
+            let room = limit.saturating_sub(1 + pos);
+            ok.iter_mut().zip(h).for_each(|(o, &h)| *o &= h <= room);
+        }
+        for (t, a) in allowed.iter_mut().enumerate() {
+            let t = t as u32;
+            *a &= match self.node(t) {
+                Some(k) => ok[k],
+                None => (eos_ok && t == EOS) || (pad_ok && t == PAD),
+            };
+        }
+    }
+
+    /// The sets of nodes reachable from `start` after exactly 0, 1, …, `steps` edges, never
+    /// continuing from `avoid` after the first step.
+    fn walk_sets(
+        adj: &[Vec<u32>],
+        start: usize,
+        steps: usize,
+        avoid: Option<usize>,
+    ) -> Vec<Vec<bool>> {
+        let n = adj.len();
+        let mut sets = Vec::with_capacity(steps + 1);
+        let mut cur = vec![false; n];
+        cur[start] = true;
+        for step in 0..steps {
+            let mut next = vec![false; n];
+            for (i, _) in cur.iter().enumerate().filter(|(_, &c)| c) {
+                if step > 0 && Some(i) == avoid {
+                    continue;
+                }
+                for &j in &adj[i] {
+                    next[j as usize] = true;
+                }
+            }
+            sets.push(std::mem::replace(&mut cur, next));
+        }
+        sets.push(cur);
+        sets
     }
 }
 

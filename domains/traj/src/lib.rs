@@ -13,11 +13,13 @@
 #![warn(missing_docs)]
 
 pub mod error;
+pub mod generate;
 pub mod hoser;
 pub mod matching;
 pub mod metrics;
 pub mod network;
 pub mod simulate;
+pub mod tokenizer;
 pub mod trip;
 
 pub use error::TrajError;

@@ -1,0 +1,274 @@
+//! Trips as tokens: one token per directed segment plus core specials and eight departure-time
+//! tokens; the prompt `[TIME_b, destination, origin]` conditions a sample; a per-segment
+//! feature table (geometry, class, and one round of graph propagation over successors and
+//! predecessors) is added to the id embedding; [`TopologyConstraint`] keeps every sample on
+//! the road graph and makes it stop at its destination.
+
+use std::sync::Arc;
+
+use blockdiff_core::condition::{Conditioning, Example};
+use blockdiff_core::constraint::{Constraint, SuccessorConstraint};
+use blockdiff_core::error::TokenizerError;
+use blockdiff_core::tokenizer::{until_end, Tokenizer, Vocab};
+use serde::{Deserialize, Serialize};
+
+use crate::network::{RoadNetwork, DRIVABLE_HIGHWAYS};
+use crate::trip::{time_bucket, Trip, TIME_BUCKETS};
+
+/// Prompt length: `[TIME_b, destination, origin]`.
+pub const PROMPT_LEN: usize = 3;
+
+/// Segments ⇄ token ids.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SegmentTokenizer {
+    vocab: Vocab,
+}
+
+impl SegmentTokenizer {
+    /// A tokenizer for a network of `n_segments` segments.
+    pub fn new(n_segments: usize) -> Self {
+        let specials = (0..TIME_BUCKETS).map(|b| format!("TIME_{b}")).collect();
+        Self {
+            vocab: Vocab::new(specials, n_segments),
+        }
+    }
+
+    /// Token of segment `s`.
+    pub fn token(&self, s: usize) -> u32 {
+        self.vocab.regular_id(s)
+    }
+
+    /// Token of departure-time bucket `b`.
+    pub fn time_token(&self, b: usize) -> u32 {
+        self.vocab
+            .special(&format!("TIME_{}", b.min(TIME_BUCKETS - 1)))
+            .expect("time specials exist")
+    }
+
+    /// The prompt of a request.
+    pub fn prompt(&self, req: &TripRequest) -> Vec<u32> {
+        vec![
+            self.time_token(req.time_bucket),
+            self.token(req.destination),
+            self.token(req.origin),
+        ]
+    }
+
+    /// A training example: prompt from the trip's origin, destination and departure time;
+    /// target = the route after the origin.
+    pub fn example(&self, trip: &Trip) -> Result<Example, TokenizerError> {
+        let req =
+            TripRequest::of(trip).ok_or_else(|| TokenizerError::Encode("empty route".into()))?;
+        let tokens = self.encode(&trip.route[1..].to_vec())?;
+        Ok(Example {
+            tokens,
+            condition: Conditioning {
+                prompt: self.prompt(&req),
+                vectors: None,
+            },
+        })
+    }
+}
+
+impl Tokenizer for SegmentTokenizer {
+    type Item = Vec<usize>;
+
+    fn vocab(&self) -> &Vocab {
+        &self.vocab
+    }
+
+    fn encode(&self, route: &Vec<usize>) -> Result<Vec<u32>, TokenizerError> {
+        route
+            .iter()
+            .enumerate()
+            .map(|(i, &s)| {
+                if s < self.vocab.n_regular() {
+                    Ok(self.vocab.regular_id(s))
+                } else {
+                    Err(TokenizerError::Encode(format!(
+                        "segment {s} at position {i} is not in the network (0..{})",
+                        self.vocab.n_regular()
+                    )))
+                }
+            })
+            .collect()
+    }
+
+    fn decode(&self, ids: &[u32]) -> Result<Vec<usize>, TokenizerError> {
+        until_end(ids)
+            .iter()
+            .enumerate()
+            .map(|(i, &id)| self.vocab.check_regular(id, i))
+            .collect()
+    }
+
+    fn metadata(&self) -> serde_json::Value {
+        serde_json::json!({ "kind": "segment", "vocab": self.vocab })
+    }
+}
+
+/// What to generate: a trip from `origin` to `destination` departing in `time_bucket`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TripRequest {
+    /// First segment.
+    pub origin: usize,
+    /// Last segment.
+    pub destination: usize,
+    /// Departure bucket (hour / 3).
+    pub time_bucket: usize,
+}
+
+impl TripRequest {
+    /// The request a real trip answers (bucket 0 when it has no times).
+    pub fn of(trip: &Trip) -> Option<Self> {
+        Some(Self {
+            origin: trip.origin()?,
+            destination: trip.destination()?,
+            time_bucket: trip.departure().map_or(0, time_bucket),
+        })
+    }
+}
+
+/// Road topology for decoding: consecutive segments must be successor edges (also across a
+/// block boundary and between tokens committed in the same parallel step, by the core's
+/// walk-length reasoning), the trip stops right after its destination (read from the
+/// prompt), and with a horizon every trip reaches its destination within the length limit.
+#[derive(Clone, Debug)]
+pub struct TopologyConstraint {
+    inner: Arc<SuccessorConstraint>,
+    horizon: Option<usize>,
+}
+
+impl TopologyConstraint {
+    /// From a network and its tokenizer. `horizon` = prompt + max generated tokens.
+    pub fn new(net: &RoadNetwork, tok: &SegmentTokenizer, horizon: Option<usize>) -> Self {
+        let succ = net
+            .successors
+            .iter()
+            .map(|s| s.iter().map(|&b| b as u32).collect())
+            .collect();
+        Self {
+            inner: Arc::new(SuccessorConstraint::new(tok.vocab(), succ, true)),
+            horizon,
+        }
+    }
+
+    /// The same constraint with another horizon.
+    pub fn with_horizon(&self, horizon: Option<usize>) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            horizon,
+        }
+    }
+}
+
+impl Constraint for TopologyConstraint {
+    fn restrict(&self, seq: &[u32], pos: usize, allowed: &mut [bool]) {
+        match seq.get(1) {
+            Some(&dest) if pos >= PROMPT_LEN => {
+                self.inner
+                    .restrict_to_terminal(seq, pos, allowed, dest, self.horizon)
+            }
+            _ => self.inner.restrict(seq, pos, allowed),
+        }
+    }
+}
+
+/// Width of [`segment_features`] rows.
+pub const FEATURE_DIM: usize = 9 + DRIVABLE_HIGHWAYS.len() + 1 + 8;
+
+/// Per-token feature table `[vocab_size × FEATURE_DIM]` (row-major; special tokens are zero
+/// rows): standardised start/end/centroid position, log length, bearing (sin, cos), highway
+/// class one-hot (last column = other), then the mean centroid and bearing of successors and
+/// of predecessors (one graph-propagation step).
+pub fn segment_features(net: &RoadNetwork, tok: &SegmentTokenizer) -> Vec<f32> {
+    let n = net.len();
+    let xy = |p: [f64; 2]| net.projection.to_xy(p);
+    let mut base: Vec<[f64; 9]> = Vec::with_capacity(n);
+    for s in &net.segments {
+        let c = s.geometry.0.as_slice();
+        let a = xy([c[0].x, c[0].y]);
+        let e = xy([c[c.len() - 1].x, c[c.len() - 1].y]);
+        let m = xy(s.centroid());
+        let b = s.bearing_deg().to_radians();
+        base.push([
+            a[0],
+            a[1],
+            e[0],
+            e[1],
+            m[0],
+            m[1],
+            s.length_m.max(1.0).ln(),
+            b.sin(),
+            b.cos(),
+        ]);
+    }
+    // Standardise the first 7 columns.
+    let mut mean = [0.0; 7];
+    let mut sd = [0.0; 7];
+    for r in &base {
+        for k in 0..7 {
+            mean[k] += r[k] / n as f64;
+        }
+    }
+    for r in &base {
+        for k in 0..7 {
+            sd[k] += (r[k] - mean[k]).powi(2) / n as f64;
+        }
+    }
+    // Positions share one scale so distances keep their meaning.
+    let pos_sd = ((0..6).map(|k| sd[k]).sum::<f64>() / 6.0).sqrt().max(1e-9);
+    let len_sd = sd[6].sqrt().max(1e-9);
+    let norm: Vec<[f64; 9]> = base
+        .iter()
+        .map(|r| {
+            let mut o = *r;
+            for k in 0..6 {
+                o[k] = (r[k] - mean[k]) / pos_sd;
+            }
+            o[6] = (r[6] - mean[6]) / len_sd;
+            o
+        })
+        .collect();
+    let mut preds: Vec<Vec<usize>> = vec![Vec::new(); n];
+    for (a, s) in net.successors.iter().enumerate() {
+        for &b in s {
+            preds[b].push(a);
+        }
+    }
+    let mean_of = |ids: &[usize]| -> [f64; 4] {
+        if ids.is_empty() {
+            return [0.0; 4];
+        }
+        let k = ids.len() as f64;
+        let mut o = [0.0; 4];
+        for &j in ids {
+            o[0] += norm[j][4] / k;
+            o[1] += norm[j][5] / k;
+            o[2] += norm[j][7] / k;
+            o[3] += norm[j][8] / k;
+        }
+        o
+    };
+    let v = tok.vocab();
+    let mut table = vec![0f32; v.size() * FEATURE_DIM];
+    for (i, s) in net.segments.iter().enumerate() {
+        let row = &mut table[v.regular_id(i) as usize * FEATURE_DIM..][..FEATURE_DIM];
+        for k in 0..9 {
+            row[k] = norm[i][k] as f32;
+        }
+        let cls = DRIVABLE_HIGHWAYS
+            .iter()
+            .position(|h| *h == s.highway)
+            .unwrap_or(DRIVABLE_HIGHWAYS.len());
+        row[9 + cls] = 1.0;
+        let off = 9 + DRIVABLE_HIGHWAYS.len() + 1;
+        let sm = mean_of(&net.successors[i]);
+        let pm = mean_of(&preds[i]);
+        for k in 0..4 {
+            row[off + k] = sm[k] as f32;
+            row[off + 4 + k] = pm[k] as f32;
+        }
+    }
+    table
+}
