@@ -11,6 +11,8 @@ use blockdiff_core::sample::{sample, CommitPolicy, SamplerConfig};
 use blockdiff_core::tokenizer::Tokenizer;
 use clap::{Parser, Subcommand, ValueEnum};
 
+mod traj;
+
 #[derive(Parser)]
 #[command(
     name = "blockdiff",
@@ -33,6 +35,11 @@ enum Command {
         /// Task size.
         #[arg(long, value_enum, default_value_t = TaskSize::Small)]
         task: TaskSize,
+    },
+    /// Road-segment trajectories: import, simulate, match, train, generate, eval, demo.
+    Traj {
+        #[command(subcommand)]
+        cmd: traj::TrajCommand,
     },
     /// Benchmarks.
     Bench {
@@ -81,6 +88,7 @@ fn main() -> Result<()> {
         .init();
     match Cli::parse().command {
         Command::Demo { out, task } => demo(out, task.task()),
+        Command::Traj { cmd } => traj::run(cmd),
         Command::Bench {
             which:
                 BenchCommand::Core {

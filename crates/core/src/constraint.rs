@@ -50,6 +50,10 @@ pub struct SuccessorConstraint {
     succ: Vec<Vec<u32>>,
     pred: Vec<Vec<u32>>,
     allow_end: bool,
+    // Shared by clones: they have the same graph.
+    hops: std::sync::Arc<
+        std::sync::RwLock<std::collections::HashMap<usize, std::sync::Arc<Vec<usize>>>>,
+    >,
 }
 
 impl SuccessorConstraint {
@@ -73,7 +77,13 @@ impl SuccessorConstraint {
             succ,
             pred,
             allow_end,
+            hops: Default::default(),
         }
+    }
+
+    /// The node (regular-token index) of token `id`, if it is one.
+    pub fn node_of(&self, id: u32) -> Option<usize> {
+        self.node(id)
     }
 
     /// Whether regular token index `j` may follow `i`.
@@ -101,26 +111,34 @@ impl SuccessorConstraint {
         steps: usize,
         avoid: Option<usize>,
     ) -> Vec<bool> {
-        let n = adj.len();
-        let mut cur = vec![false; n];
-        cur[start] = true;
-        for step in 0..steps {
-            let mut next = vec![false; n];
-            for (i, _) in cur.iter().enumerate().filter(|(_, &c)| c) {
-                if step > 0 && Some(i) == avoid {
-                    continue;
-                }
-                for &j in &adj[i] {
-                    next[j as usize] = true;
-                }
-            }
-            cur = next;
+        let last = Self::walk_sets(adj, start, steps, avoid)
+            .pop()
+            .expect("steps + 1 sets");
+        let mut out = vec![false; adj.len()];
+        for i in last {
+            out[i as usize] = true;
         }
-        cur
+        out
     }
 
-    /// Hop distance from every node to `target` along the edges (`usize::MAX` = unreachable).
-    pub fn hops_to(&self, target: usize) -> Vec<usize> {
+    /// Hop distance from every node to `target` along the edges (`usize::MAX` = unreachable),
+    /// cached per target.
+    pub fn hops_to(&self, target: usize) -> std::sync::Arc<Vec<usize>> {
+        if let Some(h) = self.hops.read().ok().and_then(|m| m.get(&target).cloned()) {
+            return h;
+        }
+        let h = std::sync::Arc::new(self.compute_hops(target));
+        if let Ok(mut m) = self.hops.write() {
+            // Bounded: one table per destination in use; clear rather than grow without limit.
+            if m.len() > 4096 {
+                m.clear();
+            }
+            m.insert(target, h.clone());
+        }
+        h
+    }
+
+    fn compute_hops(&self, target: usize) -> Vec<usize> {
         let mut dist = vec![usize::MAX; self.succ.len()];
         if target >= dist.len() {
             return dist;
@@ -177,13 +195,20 @@ impl SuccessorConstraint {
         // Walk sets from the left anchor, step by step (walks never pass through `d`).
         let steps = left_node.map_or(0, |(i, _)| pos - i);
         let sets = left_node.map(|(_, a)| Self::walk_sets(&self.succ, a, steps, Some(d)));
-        let d_at = |k: usize| sets.as_ref().is_none_or(|s| s[k][d]);
+        let d_at = |k: usize| {
+            sets.as_ref()
+                .is_none_or(|s| s[k].binary_search(&(d as u32)).is_ok())
+        };
         // EOS here: the destination at pos - 1. PAD here: the destination earlier still.
         let gap = left_node.map_or(usize::MAX, |(i, _)| pos - i);
         let eos_here = gap >= 2 && d_at(gap - 1);
         let pad_here = gap >= 3 && (1..=gap - 2).any(d_at);
         let mut ok = match &sets {
-            Some(s) => s[steps].clone(),
+            Some(s) => {
+                let mut o = vec![false; n];
+                s[steps].iter().for_each(|&k| o[k as usize] = true);
+                o
+            }
             None => vec![true; n],
         };
         let (mut eos_ok, mut pad_ok) = (false, false);
@@ -210,7 +235,7 @@ impl SuccessorConstraint {
                 let room = (j as isize - 2 - pos as isize).max(-1);
                 let h = hops.as_ref().expect("computed for a PAD anchor");
                 ok.iter_mut()
-                    .zip(h)
+                    .zip(h.iter())
                     .for_each(|(o, &h)| *o &= room >= 0 && h <= room as usize);
                 eos_ok = eos_here;
                 pad_ok = pad_here;
@@ -227,7 +252,9 @@ impl SuccessorConstraint {
         if let (Some(limit), Some(h)) = (horizon, hops.as_ref()) {
             // The destination must fit before the limit.
             let room = limit.saturating_sub(1 + pos);
-            ok.iter_mut().zip(h).for_each(|(o, &h)| *o &= h <= room);
+            ok.iter_mut()
+                .zip(h.iter())
+                .for_each(|(o, &h)| *o &= h <= room);
         }
         for (t, a) in allowed.iter_mut().enumerate() {
             let t = t as u32;
@@ -239,27 +266,26 @@ impl SuccessorConstraint {
     }
 
     /// The sets of nodes reachable from `start` after exactly 0, 1, …, `steps` edges, never
-    /// continuing from `avoid` after the first step.
+    /// continuing from `avoid` after the first step. Sparse (sorted node lists): road-graph
+    /// frontiers stay small, so this costs far less than dense sets of every node.
     fn walk_sets(
         adj: &[Vec<u32>],
         start: usize,
         steps: usize,
         avoid: Option<usize>,
-    ) -> Vec<Vec<bool>> {
-        let n = adj.len();
+    ) -> Vec<Vec<u32>> {
         let mut sets = Vec::with_capacity(steps + 1);
-        let mut cur = vec![false; n];
-        cur[start] = true;
+        let mut cur = vec![start as u32];
         for step in 0..steps {
-            let mut next = vec![false; n];
-            for (i, _) in cur.iter().enumerate().filter(|(_, &c)| c) {
-                if step > 0 && Some(i) == avoid {
+            let mut next: Vec<u32> = Vec::new();
+            for &i in &cur {
+                if step > 0 && Some(i as usize) == avoid {
                     continue;
                 }
-                for &j in &adj[i] {
-                    next[j as usize] = true;
-                }
+                next.extend_from_slice(&adj[i as usize]);
             }
+            next.sort_unstable();
+            next.dedup();
             sets.push(std::mem::replace(&mut cur, next));
         }
         sets.push(cur);

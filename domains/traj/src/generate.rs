@@ -21,7 +21,8 @@ use crate::metrics::{compare, MetricsConfig, TripMetrics};
 use crate::network::RoadNetwork;
 use crate::simulate::{best_route, RouteCost};
 use crate::tokenizer::{
-    segment_features, SegmentTokenizer, TopologyConstraint, TripRequest, FEATURE_DIM, PROMPT_LEN,
+    segment_features, DetourBound, SegmentTokenizer, TopologyConstraint, TripRequest, FEATURE_DIM,
+    PROMPT_LEN,
 };
 use crate::trip::Trip;
 
@@ -75,7 +76,15 @@ pub struct TrajModel<B: Backend> {
     pub tokenizer: SegmentTokenizer,
     /// Generated tokens per trip (route after the origin, plus `EOS`).
     pub seq_len: usize,
+    /// Detour bound fitted on the training trips (`None` = only the length limit).
+    pub detour: Option<DetourBound>,
 }
+
+/// File beside the checkpoint holding the fitted [`DetourBound`].
+pub const DETOUR_FILE: &str = "detour.json";
+
+/// Quantile of training trips' detour ratio the bound covers.
+pub const DETOUR_QUANTILE: f64 = 0.99;
 
 /// Sequence length for a set of trips: the longest route (after its origin) plus `EOS`,
 /// rounded up to a multiple of 16 so every block size of the mixture divides it.
@@ -146,12 +155,17 @@ pub fn train_model(
         resume: true,
     });
     let (model, report) = core_train(model, &mcfg, &tcfg, &train_ex, &val_ex, spec, &device)?;
+    let detour = DetourBound::fit(net, train, DETOUR_QUANTILE);
+    if let Some(dir) = ckpt_dir {
+        checkpoint::write_json(&dir.join(DETOUR_FILE), &detour)?;
+    }
     Ok((
         TrajModel {
             model: model.valid(),
             config: mcfg,
             tokenizer: tok,
             seq_len,
+            detour: Some(detour),
         },
         report,
     ))
@@ -181,11 +195,18 @@ pub fn load_model(dir: &Path, net: &RoadNetwork) -> Result<TrajModel<CpuBackend>
             line: 0,
             message: "missing field `seq_len`".into(),
         })? as usize;
+    let detour_path = dir.join(DETOUR_FILE);
+    let detour = if detour_path.exists() {
+        Some(read_json(&detour_path)?)
+    } else {
+        None
+    };
     Ok(TrajModel {
         model: ck.model,
         config: ck.config,
         tokenizer: tok,
         seq_len,
+        detour,
     })
 }
 
@@ -220,7 +241,8 @@ impl<B: Backend> TrajModel<B> {
         let mut sampler = sampler.clone();
         sampler.max_len = sampler.max_len.min(self.seq_len).max(1);
         let constraint =
-            TopologyConstraint::new(net, &self.tokenizer, Some(PROMPT_LEN + sampler.max_len));
+            TopologyConstraint::new(net, &self.tokenizer, Some(PROMPT_LEN + sampler.max_len))
+                .with_detour(self.detour);
         let device = self.model.devices().into_iter().next().unwrap_or_default();
         let bar = if progress {
             crate::progress_bar(requests.len() as u64, "generate")

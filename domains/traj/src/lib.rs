@@ -18,6 +18,8 @@ pub mod hoser;
 pub mod matching;
 pub mod metrics;
 pub mod network;
+pub mod pipeline;
+pub mod plot;
 pub mod simulate;
 pub mod tokenizer;
 pub mod trip;

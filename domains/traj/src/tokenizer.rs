@@ -137,6 +137,51 @@ impl TripRequest {
 pub struct TopologyConstraint {
     inner: Arc<SuccessorConstraint>,
     horizon: Option<usize>,
+    detour: Option<DetourBound>,
+}
+
+/// A bound on a trip's length relative to its origin's hop distance to the destination:
+/// at most `ceil(factor · hops) + slack` segments after the origin. Fitted on training trips
+/// (a high quantile of their ratio), so generated trips detour no more than real ones do.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DetourBound {
+    /// Multiplier of the shortest hop count.
+    pub factor: f64,
+    /// Extra segments allowed.
+    pub slack: usize,
+}
+
+impl DetourBound {
+    /// The bound covering `quantile` of `trips` (with the slack fixed to 2 segments).
+    pub fn fit(net: &RoadNetwork, trips: &[Trip], quantile: f64) -> Self {
+        let tok = SegmentTokenizer::new(net.len());
+        let c = TopologyConstraint::new(net, &tok, None);
+        let slack = 2usize;
+        let mut ratios: Vec<f64> = trips
+            .iter()
+            .filter_map(|t| {
+                let (o, d) = (t.origin()?, t.destination()?);
+                let h = c.inner.hops_to(d)[o];
+                (h != usize::MAX && h > 0)
+                    .then(|| (t.route.len() - 1).saturating_sub(slack) as f64 / h as f64)
+            })
+            .collect();
+        ratios.sort_by(f64::total_cmp);
+        let factor = if ratios.is_empty() {
+            2.0
+        } else {
+            ratios[((ratios.len() - 1) as f64 * quantile.clamp(0.0, 1.0)).round() as usize]
+        };
+        Self {
+            factor: factor.max(1.0),
+            slack,
+        }
+    }
+
+    /// Most segments after the origin for an origin `hops` hops from the destination.
+    pub fn max_len(&self, hops: usize) -> usize {
+        (hops as f64 * self.factor).ceil() as usize + self.slack
+    }
 }
 
 impl TopologyConstraint {
@@ -150,15 +195,14 @@ impl TopologyConstraint {
         Self {
             inner: Arc::new(SuccessorConstraint::new(tok.vocab(), succ, true)),
             horizon,
+            detour: None,
         }
     }
 
-    /// The same constraint with another horizon.
-    pub fn with_horizon(&self, horizon: Option<usize>) -> Self {
-        Self {
-            inner: self.inner.clone(),
-            horizon,
-        }
+    /// The same constraint with a per-trip detour bound.
+    pub fn with_detour(mut self, detour: Option<DetourBound>) -> Self {
+        self.detour = detour;
+        self
     }
 }
 
@@ -166,8 +210,19 @@ impl Constraint for TopologyConstraint {
     fn restrict(&self, seq: &[u32], pos: usize, allowed: &mut [bool]) {
         match seq.get(1) {
             Some(&dest) if pos >= PROMPT_LEN => {
+                // Per-trip horizon from the detour bound: origin (prompt slot 2) → destination.
+                let bound = self.detour.and_then(|b| {
+                    let o = self.inner.node_of(*seq.get(2)?)?;
+                    let d = self.inner.node_of(dest)?;
+                    let h = self.inner.hops_to(d)[o];
+                    (h != usize::MAX).then(|| PROMPT_LEN + b.max_len(h))
+                });
+                let horizon = match (self.horizon, bound) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                };
                 self.inner
-                    .restrict_to_terminal(seq, pos, allowed, dest, self.horizon)
+                    .restrict_to_terminal(seq, pos, allowed, dest, horizon)
             }
             _ => self.inner.restrict(seq, pos, allowed),
         }

@@ -1,0 +1,173 @@
+//! PNG plots for `traj eval`: real vs generated trips over the network, and the trip-distance
+//! histograms. Text needs a TrueType font, loaded at run time (DejaVu Sans from Debian's
+//! `fonts-dejavu-core`, or `BLOCKDIFF_FONT`); without one the plots are drawn without labels.
+
+use std::path::Path;
+use std::sync::OnceLock;
+
+use plotters::prelude::*;
+use plotters::style::FontStyle;
+
+use crate::error::TrajError;
+use crate::network::RoadNetwork;
+
+fn font_ready() -> bool {
+    static READY: OnceLock<bool> = OnceLock::new();
+    *READY.get_or_init(|| {
+        let candidates = [
+            std::env::var("BLOCKDIFF_FONT").unwrap_or_default(),
+            "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf".into(),
+            "/usr/share/fonts/TTF/DejaVuSans.ttf".into(),
+        ];
+        for c in candidates.iter().filter(|c| !c.is_empty()) {
+            if let Ok(bytes) = std::fs::read(c) {
+                // Registered once per process; the font lives as long as the process.
+                let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
+                if plotters::style::register_font("sans-serif", FontStyle::Normal, bytes).is_ok() {
+                    return true;
+                }
+            }
+        }
+        false
+    })
+}
+
+fn plot_err(path: &Path) -> impl Fn(String) -> TrajError + '_ {
+    move |message| TrajError::Plot {
+        path: path.to_path_buf(),
+        message,
+    }
+}
+
+/// One set of routes to draw on a map panel.
+pub struct RouteSet<'a> {
+    /// Panel title.
+    pub title: &'a str,
+    /// Routes (segment ids).
+    pub routes: &'a [Vec<usize>],
+    /// Line colour.
+    pub color: RGBColor,
+}
+
+/// Draws one map panel per route set (network in grey, routes translucent) plus a histogram
+/// of trip distances of every set, into a PNG at `path` (written atomically).
+pub fn plot_trips(net: &RoadNetwork, sets: &[RouteSet<'_>], path: &Path) -> Result<(), TrajError> {
+    let err = plot_err(path);
+    let text = font_ready();
+    let panels = sets.len().max(1) as u32;
+    let (w, h) = (520 * panels, 900);
+    // Drawn into a temporary PNG beside the target, then renamed: an atomic write.
+    let tmp = path.with_file_name(format!(
+        ".{}.tmp.png",
+        path.file_stem().and_then(|s| s.to_str()).unwrap_or("plot")
+    ));
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| TrajError::io(dir, e))?;
+    }
+    {
+        let root = BitMapBackend::new(&tmp, (w, h)).into_drawing_area();
+        root.fill(&WHITE).map_err(|e| err(e.to_string()))?;
+        let (maps, hist) = root.split_vertically(560);
+        let bb = net.bbox();
+        let lines: Vec<Vec<(f64, f64)>> = net
+            .segments
+            .iter()
+            .map(|s| s.points().map(|p| (p[0], p[1])).collect())
+            .collect();
+        for (area, set) in maps.split_evenly((1, sets.len().max(1))).iter().zip(sets) {
+            let mut b = ChartBuilder::on(area);
+            b.margin(10);
+            if text {
+                b.caption(set.title, ("sans-serif", 20));
+            }
+            let mut chart = b
+                .build_cartesian_2d(bb[0]..bb[2], bb[1]..bb[3])
+                .map_err(|e| err(e.to_string()))?;
+            for l in &lines {
+                chart
+                    .draw_series(LineSeries::new(l.iter().copied(), RGBColor(200, 200, 200)))
+                    .map_err(|e| err(e.to_string()))?;
+            }
+            for r in set.routes.iter().take(400) {
+                let pts: Vec<(f64, f64)> = net
+                    .route_points(r)
+                    .into_iter()
+                    .map(|p| (p[0], p[1]))
+                    .collect();
+                chart
+                    .draw_series(LineSeries::new(pts, set.color.mix(0.08).stroke_width(2)))
+                    .map_err(|e| err(e.to_string()))?;
+            }
+        }
+        // Distance histograms (km), 40 bins over the pooled range, as outlines.
+        let dists: Vec<Vec<f64>> = sets
+            .iter()
+            .map(|s| {
+                s.routes
+                    .iter()
+                    .map(|r| net.route_length_m(r) / 1000.0)
+                    .collect()
+            })
+            .collect();
+        let max = dists.iter().flatten().copied().fold(0.1f64, f64::max);
+        let bins = 40usize;
+        let hists: Vec<Vec<f64>> = dists
+            .iter()
+            .map(|d| {
+                let mut hcount = vec![0.0; bins];
+                for &x in d {
+                    hcount[((x / max * bins as f64) as usize).min(bins - 1)] += 1.0;
+                }
+                let n = d.len().max(1) as f64;
+                hcount.iter().map(|c| c / n).collect()
+            })
+            .collect();
+        let ymax = hists.iter().flatten().copied().fold(0.01f64, f64::max) * 1.1;
+        let mut b = ChartBuilder::on(&hist);
+        b.margin(20);
+        if text {
+            b.caption(
+                "trip distance (km): share of trips per bin",
+                ("sans-serif", 20),
+            )
+            .x_label_area_size(30)
+            .y_label_area_size(50);
+        }
+        let mut chart = b
+            .build_cartesian_2d(0.0..max, 0.0..ymax)
+            .map_err(|e| err(e.to_string()))?;
+        if text {
+            chart
+                .configure_mesh()
+                .disable_mesh()
+                .draw()
+                .map_err(|e| err(e.to_string()))?;
+        }
+        for (hs, set) in hists.iter().zip(sets) {
+            let step = max / bins as f64;
+            let pts: Vec<(f64, f64)> = hs
+                .iter()
+                .enumerate()
+                .flat_map(|(k, &v)| [(k as f64 * step, v), ((k + 1) as f64 * step, v)])
+                .collect();
+            let s = chart
+                .draw_series(LineSeries::new(pts, set.color.stroke_width(2)))
+                .map_err(|e| err(e.to_string()))?;
+            if text {
+                let c = set.color;
+                s.label(set.title)
+                    .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c));
+            }
+        }
+        if text {
+            chart
+                .configure_series_labels()
+                .background_style(WHITE.mix(0.8))
+                .border_style(BLACK)
+                .draw()
+                .map_err(|e| err(e.to_string()))?;
+        }
+        root.present().map_err(|e| err(e.to_string()))?;
+    }
+    std::fs::rename(&tmp, path).map_err(|e| TrajError::io(path, e))
+}
