@@ -251,7 +251,13 @@ impl<B: Backend> TrajModel<B> {
         };
         let started = std::time::Instant::now();
         let mut out = Generated::default();
-        for (k, chunk) in requests.chunks(batch.max(1)).enumerate() {
+        // Batch trips of similar length together (by hop distance to the destination): a
+        // sampler call runs until its longest trip ends, so mixed batches waste rows.
+        let mut order: Vec<usize> = (0..requests.len()).collect();
+        order.sort_by_key(|&i| constraint.hops(requests[i].origin, requests[i].destination));
+        let sorted: Vec<TripRequest> = order.iter().map(|&i| requests[i]).collect();
+        let mut routes: Vec<Vec<usize>> = Vec::with_capacity(requests.len());
+        for (k, chunk) in sorted.chunks(batch.max(1)).enumerate() {
             let conds: Vec<Conditioning> = chunk
                 .iter()
                 .map(|r| Conditioning {
@@ -269,7 +275,7 @@ impl<B: Backend> TrajModel<B> {
                         .decode(seq)
                         .map_err(|e| TrajError::Config(e.to_string()))?,
                 );
-                out.routes.push(route);
+                routes.push(route);
             }
             out.stats.nfe += res.stats.nfe;
             out.stats.tokens += res.stats.tokens;
@@ -277,6 +283,10 @@ impl<B: Backend> TrajModel<B> {
             bar.inc(chunk.len() as u64);
         }
         bar.finish_and_clear();
+        out.routes = vec![Vec::new(); requests.len()];
+        for (route, &i) in routes.into_iter().zip(&order) {
+            out.routes[i] = route;
+        }
         out.stats.wall_s = started.elapsed().as_secs_f64();
         Ok(out)
     }

@@ -199,6 +199,11 @@ impl TopologyConstraint {
         }
     }
 
+    /// Hop distance from segment `o` to segment `d` (`usize::MAX` when unreachable).
+    pub fn hops(&self, o: usize, d: usize) -> usize {
+        self.inner.hops_to(d).get(o).copied().unwrap_or(usize::MAX)
+    }
+
     /// The same constraint with a per-trip detour bound.
     pub fn with_detour(mut self, detour: Option<DetourBound>) -> Self {
         self.detour = detour;
