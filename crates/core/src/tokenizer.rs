@@ -127,6 +127,39 @@ pub fn until_end(ids: &[u32]) -> &[u32] {
     &ids[..end]
 }
 
+/// Encodes item indices `0..n_regular` as regular token ids; `what` names the item kind in
+/// the error ("symbol", "segment"...).
+pub fn encode_regular(
+    vocab: &Vocab,
+    indices: &[usize],
+    what: &str,
+) -> Result<Vec<u32>, TokenizerError> {
+    indices
+        .iter()
+        .enumerate()
+        .map(|(i, &s)| {
+            if s < vocab.n_regular() {
+                Ok(vocab.regular_id(s))
+            } else {
+                Err(TokenizerError::Encode(format!(
+                    "{what} {s} at position {i} is outside 0..{}",
+                    vocab.n_regular()
+                )))
+            }
+        })
+        .collect()
+}
+
+/// Decodes ids up to the first `EOS`/`PAD` back to item indices; specials and out-of-range
+/// ids are typed errors.
+pub fn decode_regular(vocab: &Vocab, ids: &[u32]) -> Result<Vec<usize>, TokenizerError> {
+    until_end(ids)
+        .iter()
+        .enumerate()
+        .map(|(i, &id)| vocab.check_regular(id, i))
+        .collect()
+}
+
 /// A tokenizer for sequences of small integers `0..n` (the synthetic Markov task, tests).
 #[derive(Clone, Debug)]
 pub struct SymbolTokenizer {
@@ -150,27 +183,11 @@ impl Tokenizer for SymbolTokenizer {
     }
 
     fn encode(&self, item: &Vec<usize>) -> Result<Vec<u32>, TokenizerError> {
-        item.iter()
-            .enumerate()
-            .map(|(i, &s)| {
-                if s < self.vocab.n_regular() {
-                    Ok(self.vocab.regular_id(s))
-                } else {
-                    Err(TokenizerError::Encode(format!(
-                        "symbol {s} at position {i} is outside 0..{}",
-                        self.vocab.n_regular()
-                    )))
-                }
-            })
-            .collect()
+        encode_regular(&self.vocab, item, "symbol")
     }
 
     fn decode(&self, ids: &[u32]) -> Result<Vec<usize>, TokenizerError> {
-        until_end(ids)
-            .iter()
-            .enumerate()
-            .map(|(i, &id)| self.vocab.check_regular(id, i))
-            .collect()
+        decode_regular(&self.vocab, ids)
     }
 
     fn metadata(&self) -> serde_json::Value {

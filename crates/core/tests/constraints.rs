@@ -104,3 +104,62 @@ fn successor_constraint_is_exact_about_gaps() {
     assert_eq!(allowed.iter().filter(|&&x| x).count(), 1);
     assert!(allowed[PAD as usize]);
 }
+
+/// `restrict_to_terminal` is exact: committing any allowed token at any masked position, in a
+/// random order, never leaves a position with nothing allowed, and every finished sequence is a
+/// walk from the prompt's last node that ends at the terminal (once), then EOS, then PAD,
+/// within the horizon.
+#[test]
+fn terminal_constraint_never_dead_ends_in_any_commit_order() {
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
+    let (tok, succ) = graph();
+    let vocab = tok.vocab();
+    let c = SuccessorConstraint::new(vocab, succ, true);
+    let mut rng = StdRng::seed_from_u64(17);
+    let (block, blocks) = (8usize, 3usize);
+    for trial in 0..1500 {
+        let start = rng.random_range(0..32usize);
+        let terminal = vocab.regular_id(rng.random_range(0..32usize));
+        let horizon = (trial % 2 == 0).then_some(1 + block * blocks);
+        let mut seq = vec![vocab.regular_id(start)];
+        for _ in 0..blocks {
+            let base = seq.len();
+            seq.extend(std::iter::repeat_n(MASK, block));
+            // Random commit order inside the block, several "parallel" picks per step.
+            let mut order: Vec<usize> = (0..block).collect();
+            for i in (1..order.len()).rev() {
+                order.swap(i, rng.random_range(0..=i));
+            }
+            for &p in &order {
+                let pos = base + p;
+                let mut allowed = vec![true; vocab.size()];
+                allowed[MASK as usize] = false;
+                allowed[1] = false;
+                c.restrict_to_terminal(&seq, pos, &mut allowed, terminal, horizon);
+                let opts: Vec<u32> = (0..vocab.size() as u32).filter(|&t| allowed[t as usize]).collect();
+                assert!(!opts.is_empty(), "dead end at {pos} in {seq:?} (terminal {terminal})");
+                seq[pos] = opts[rng.random_range(0..opts.len())];
+            }
+        }
+        let gen = &seq[1..];
+        match gen.iter().position(|&t| t == EOS) {
+            Some(e) => {
+                // The token before EOS (the start itself when the walk is empty) is the terminal,
+                // and the terminal appears only there.
+                assert_eq!(seq[e], terminal, "{seq:?}");
+                assert!(gen[e + 1..].iter().all(|&t| t == PAD), "{seq:?}");
+                assert_eq!(seq[..=e].iter().filter(|&&t| t == terminal).count(), 1, "{seq:?}");
+            }
+            None => {
+                assert!(horizon.is_none() || gen.last() == Some(&terminal), "{seq:?}");
+                assert!(!gen.contains(&PAD));
+            }
+        }
+        let nodes: Vec<u32> = seq.iter().copied().take_while(|&t| t != EOS).collect();
+        for w in nodes.windows(2) {
+            let (a, b) = (c.node_of(w[0]).unwrap(), c.node_of(w[1]).unwrap());
+            assert!(c.is_edge(a, b), "{seq:?}");
+        }
+    }
+}

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use blockdiff_core::condition::{Conditioning, Example};
 use blockdiff_core::constraint::{Constraint, SuccessorConstraint};
 use blockdiff_core::error::TokenizerError;
-use blockdiff_core::tokenizer::{until_end, Tokenizer, Vocab};
+use blockdiff_core::tokenizer::{decode_regular, encode_regular, Tokenizer, Vocab};
 use serde::{Deserialize, Serialize};
 
 use crate::network::{RoadNetwork, DRIVABLE_HIGHWAYS};
@@ -78,28 +78,11 @@ impl Tokenizer for SegmentTokenizer {
     }
 
     fn encode(&self, route: &Vec<usize>) -> Result<Vec<u32>, TokenizerError> {
-        route
-            .iter()
-            .enumerate()
-            .map(|(i, &s)| {
-                if s < self.vocab.n_regular() {
-                    Ok(self.vocab.regular_id(s))
-                } else {
-                    Err(TokenizerError::Encode(format!(
-                        "segment {s} at position {i} is not in the network (0..{})",
-                        self.vocab.n_regular()
-                    )))
-                }
-            })
-            .collect()
+        encode_regular(&self.vocab, route, "segment")
     }
 
     fn decode(&self, ids: &[u32]) -> Result<Vec<usize>, TokenizerError> {
-        until_end(ids)
-            .iter()
-            .enumerate()
-            .map(|(i, &id)| self.vocab.check_regular(id, i))
-            .collect()
+        decode_regular(&self.vocab, ids)
     }
 
     fn metadata(&self) -> serde_json::Value {
@@ -331,4 +314,30 @@ pub fn segment_features(net: &RoadNetwork, tok: &SegmentTokenizer) -> Vec<f32> {
         }
     }
     table
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use blockdiff_core::tokenizer::EOS;
+
+    #[test]
+    fn segment_tokens_round_trip_and_prompt_layout() {
+        let tok = SegmentTokenizer::new(50);
+        let route = vec![0, 7, 49, 3];
+        let ids = tok.encode(&route).unwrap();
+        let mut framed = ids.clone();
+        framed.push(EOS);
+        assert_eq!(tok.decode(&framed).unwrap(), route);
+        assert!(tok.encode(&vec![50]).is_err());
+        assert!(tok.decode(&[tok.time_token(2)]).is_err());
+        let trip = Trip {
+            route: route.clone(),
+            times: Some(vec![3600 * 7, 3600 * 7 + 10, 3600 * 7 + 20, 3600 * 7 + 30]),
+        };
+        let ex = tok.example(&trip).unwrap();
+        assert_eq!(ex.condition.prompt, vec![tok.time_token(2), tok.token(3), tok.token(0)]);
+        assert_eq!(ex.tokens, tok.encode(&route[1..].to_vec()).unwrap());
+        assert_eq!(ex.condition.prompt.len(), PROMPT_LEN);
+    }
 }
