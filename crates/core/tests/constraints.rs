@@ -137,8 +137,13 @@ fn terminal_constraint_never_dead_ends_in_any_commit_order() {
                 allowed[MASK as usize] = false;
                 allowed[1] = false;
                 c.restrict_to_terminal(&seq, pos, &mut allowed, terminal, horizon);
-                let opts: Vec<u32> = (0..vocab.size() as u32).filter(|&t| allowed[t as usize]).collect();
-                assert!(!opts.is_empty(), "dead end at {pos} in {seq:?} (terminal {terminal})");
+                let opts: Vec<u32> = (0..vocab.size() as u32)
+                    .filter(|&t| allowed[t as usize])
+                    .collect();
+                assert!(
+                    !opts.is_empty(),
+                    "dead end at {pos} in {seq:?} (terminal {terminal})"
+                );
                 seq[pos] = opts[rng.random_range(0..opts.len())];
             }
         }
@@ -149,10 +154,17 @@ fn terminal_constraint_never_dead_ends_in_any_commit_order() {
                 // and the terminal appears only there.
                 assert_eq!(seq[e], terminal, "{seq:?}");
                 assert!(gen[e + 1..].iter().all(|&t| t == PAD), "{seq:?}");
-                assert_eq!(seq[..=e].iter().filter(|&&t| t == terminal).count(), 1, "{seq:?}");
+                assert_eq!(
+                    seq[..=e].iter().filter(|&&t| t == terminal).count(),
+                    1,
+                    "{seq:?}"
+                );
             }
             None => {
-                assert!(horizon.is_none() || gen.last() == Some(&terminal), "{seq:?}");
+                assert!(
+                    horizon.is_none() || gen.last() == Some(&terminal),
+                    "{seq:?}"
+                );
                 assert!(!gen.contains(&PAD));
             }
         }

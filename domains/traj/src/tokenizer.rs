@@ -336,7 +336,10 @@ mod tests {
             times: Some(vec![3600 * 7, 3600 * 7 + 10, 3600 * 7 + 20, 3600 * 7 + 30]),
         };
         let ex = tok.example(&trip).unwrap();
-        assert_eq!(ex.condition.prompt, vec![tok.time_token(2), tok.token(3), tok.token(0)]);
+        assert_eq!(
+            ex.condition.prompt,
+            vec![tok.time_token(2), tok.token(3), tok.token(0)]
+        );
         assert_eq!(ex.tokens, tok.encode(&route[1..].to_vec()).unwrap());
         assert_eq!(ex.condition.prompt.len(), PROMPT_LEN);
     }

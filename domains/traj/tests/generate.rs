@@ -91,12 +91,15 @@ fn generated_trips_are_connected_and_reach_their_destination() {
             g.stats.tokens_per_forward()
         );
         if block == 16 {
-            let again = reloaded
+            // Same requests, same batching: the reloaded checkpoint samples identically.
+            let a = model
                 .generate(&net, &reqs[..64], &sampler, 128, false)
                 .unwrap();
-            let first: Vec<_> = g.routes[..64].to_vec();
+            let b = reloaded
+                .generate(&net, &reqs[..64], &sampler, 128, false)
+                .unwrap();
             assert_eq!(
-                again.routes, first,
+                a.routes, b.routes,
                 "reloaded checkpoint samples differently"
             );
         }
