@@ -113,7 +113,7 @@ pub enum TrajCommand {
         #[arg(short, long, default_value_t = 1000)]
         n: usize,
         /// Requests per sampler call.
-        #[arg(long, default_value_t = 256)]
+        #[arg(long, default_value_t = 16)]
         batch_size: usize,
         /// Write the rows as JSON here.
         #[arg(long)]
@@ -175,7 +175,7 @@ pub struct SamplerArgs {
     #[arg(long, default_value_t = 1.0)]
     cfg_scale: f32,
     /// Requests per sampler call.
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, default_value_t = 16)]
     batch_size: usize,
     /// Seed.
     #[arg(long, default_value_t = 0)]

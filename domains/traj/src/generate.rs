@@ -78,6 +78,12 @@ pub struct TrajModel<B: Backend> {
     pub seq_len: usize,
     /// Detour bound fitted on the training trips (`None` = only the length limit).
     pub detour: Option<DetourBound>,
+    /// Threads sampling batches concurrently (default: the machine's cores).
+    pub workers: usize,
+}
+
+fn default_workers() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
 /// File beside the checkpoint holding the fitted [`DetourBound`].
@@ -166,6 +172,7 @@ pub fn train_model(
             tokenizer: tok,
             seq_len,
             detour: Some(detour),
+            workers: default_workers(),
         },
         report,
     ))
@@ -207,6 +214,7 @@ pub fn load_model(dir: &Path, net: &RoadNetwork) -> Result<TrajModel<CpuBackend>
         tokenizer: tok,
         seq_len,
         detour,
+        workers: default_workers(),
     })
 }
 
@@ -256,32 +264,41 @@ impl<B: Backend> TrajModel<B> {
         let mut order: Vec<usize> = (0..requests.len()).collect();
         order.sort_by_key(|&i| constraint.hops(requests[i].origin, requests[i].destination));
         let sorted: Vec<TripRequest> = order.iter().map(|&i| requests[i]).collect();
-        let mut routes: Vec<Vec<usize>> = Vec::with_capacity(requests.len());
-        for (k, chunk) in sorted.chunks(batch.max(1)).enumerate() {
-            let conds: Vec<Conditioning> = chunk
-                .iter()
-                .map(|r| Conditioning {
-                    prompt: self.tokenizer.prompt(r),
-                    vectors: None,
+        // Chunks are independent (each has its own seed), so worker threads take them in
+        // turn: at these sizes one sampler call cannot keep both cores busy on its own.
+        let chunks: Vec<&[TripRequest]> = sorted.chunks(batch.max(1)).collect();
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let workers = self.workers.max(1).min(chunks.len().max(1));
+        type ChunkResult = Result<(usize, Vec<Vec<usize>>, SampleStats), TrajError>;
+        let results: Vec<ChunkResult> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..workers)
+                .map(|_| {
+                    scope.spawn(|| {
+                        let mut done: Vec<ChunkResult> = Vec::new();
+                        loop {
+                            let k = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            let Some(chunk) = chunks.get(k) else { break };
+                            done.push(self.sample_chunk(chunk, k, &sampler, &constraint, &device));
+                            bar.inc(chunk.len() as u64);
+                        }
+                        done
+                    })
                 })
                 .collect();
-            let mut s = sampler.clone();
-            s.seed = sampler.seed.wrapping_add(k as u64);
-            let res = sample(&self.model, &self.config, &conds, &constraint, &s, &device)?;
-            for (r, seq) in chunk.iter().zip(&res.sequences) {
-                let mut route = vec![r.origin];
-                route.extend(
-                    self.tokenizer
-                        .decode(seq)
-                        .map_err(|e| TrajError::Config(e.to_string()))?,
-                );
-                routes.push(route);
-            }
-            out.stats.nfe += res.stats.nfe;
-            out.stats.tokens += res.stats.tokens;
-            out.stats.batch = out.stats.batch.max(res.stats.batch);
-            bar.inc(chunk.len() as u64);
+            handles
+                .into_iter()
+                .flat_map(|h| h.join().expect("sampling worker panicked"))
+                .collect()
+        });
+        let mut per_chunk: Vec<Option<Vec<Vec<usize>>>> = vec![None; chunks.len()];
+        for r in results {
+            let (k, rs, stats) = r?;
+            per_chunk[k] = Some(rs);
+            out.stats.nfe += stats.nfe;
+            out.stats.tokens += stats.tokens;
+            out.stats.batch = out.stats.batch.max(stats.batch);
         }
+        let routes: Vec<Vec<usize>> = per_chunk.into_iter().flatten().flatten().collect();
         bar.finish_and_clear();
         out.routes = vec![Vec::new(); requests.len()];
         for (route, &i) in routes.into_iter().zip(&order) {
@@ -289,6 +306,39 @@ impl<B: Backend> TrajModel<B> {
         }
         out.stats.wall_s = started.elapsed().as_secs_f64();
         Ok(out)
+    }
+}
+
+impl<B: Backend> TrajModel<B> {
+    fn sample_chunk(
+        &self,
+        chunk: &[TripRequest],
+        k: usize,
+        sampler: &SamplerConfig,
+        constraint: &TopologyConstraint,
+        device: &B::Device,
+    ) -> Result<(usize, Vec<Vec<usize>>, SampleStats), TrajError> {
+        let conds: Vec<Conditioning> = chunk
+            .iter()
+            .map(|r| Conditioning {
+                prompt: self.tokenizer.prompt(r),
+                vectors: None,
+            })
+            .collect();
+        let mut s = sampler.clone();
+        s.seed = sampler.seed.wrapping_add(k as u64);
+        let res = sample(&self.model, &self.config, &conds, constraint, &s, device)?;
+        let mut routes = Vec::with_capacity(chunk.len());
+        for (r, seq) in chunk.iter().zip(&res.sequences) {
+            let mut route = vec![r.origin];
+            route.extend(
+                self.tokenizer
+                    .decode(seq)
+                    .map_err(|e| TrajError::Config(e.to_string()))?,
+            );
+            routes.push(route);
+        }
+        Ok((k, routes, res.stats))
     }
 }
 
