@@ -1,22 +1,11 @@
 //! HOSER round trip and the trip simulator on the real Helsinki network.
 
-use std::path::PathBuf;
+mod common;
 
 use blockdiff_traj::hoser;
-use blockdiff_traj::network::{ImportOptions, RoadNetwork};
 use blockdiff_traj::simulate::{simulate, SimConfig};
 use blockdiff_traj::{TrajError, Trip};
-
-fn helsinki() -> RoadNetwork {
-    let p =
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../datasets/helsinki/Helsinki.osm.pbf");
-    assert!(
-        p.exists(),
-        "{} missing: run datasets/helsinki/fetch.sh",
-        p.display()
-    );
-    RoadNetwork::from_pbf(&p, &ImportOptions::default()).unwrap()
-}
+use common::helsinki;
 
 #[test]
 fn hoser_round_trip() {

@@ -2,27 +2,19 @@
 //! connected (pairs decoded in the same parallel step and across block boundaries included),
 //! starts at its origin and stops at its destination.
 
-use std::path::PathBuf;
+mod common;
 
 use blockdiff_core::sample::{CommitPolicy, SamplerConfig};
 use blockdiff_traj::generate::{
     evaluate, load_model, train_model, MarkovBaseline, TrajModelConfig,
 };
 use blockdiff_traj::metrics::MetricsConfig;
-use blockdiff_traj::network::{ImportOptions, RoadNetwork};
 use blockdiff_traj::simulate::{simulate, SimConfig};
 use blockdiff_traj::tokenizer::TripRequest;
 
 #[test]
 fn generated_trips_are_connected_and_reach_their_destination() {
-    let p =
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../datasets/helsinki/Helsinki.osm.pbf");
-    assert!(
-        p.exists(),
-        "{} missing: run datasets/helsinki/fetch.sh",
-        p.display()
-    );
-    let net = RoadNetwork::from_pbf(&p, &ImportOptions::default()).unwrap();
+    let net = common::helsinki();
     let sim = simulate(
         &net,
         &SimConfig {

@@ -1,21 +1,10 @@
 //! PBF → graph on the real Helsinki extract (fetched by `datasets/helsinki/fetch.sh`).
 
-use std::path::PathBuf;
+mod common;
 
 use blockdiff_traj::network::{ImportOptions, RoadNetwork};
 use blockdiff_traj::TrajError;
-
-fn dataset(name: &str) -> PathBuf {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../datasets/helsinki")
-        .join(name);
-    assert!(
-        p.exists(),
-        "{} missing: run datasets/helsinki/fetch.sh first",
-        p.display()
-    );
-    p
-}
+use common::dataset;
 
 #[test]
 fn helsinki_graph_is_consistent() {
