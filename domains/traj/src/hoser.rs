@@ -18,17 +18,9 @@ use crate::error::TrajError;
 use crate::network::{default_speed_kmh, RoadNetwork, Segment};
 use crate::trip::{format_iso, parse_iso, Trip};
 
-/// Writes `bytes` to `path` atomically (temporary file in the same folder, then rename).
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), TrajError> {
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(|e| TrajError::io(dir, e))?;
-    }
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    let tmp = std::path::PathBuf::from(tmp);
-    std::fs::write(&tmp, bytes).map_err(|e| TrajError::io(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| TrajError::io(path, e))
-}
+/// Atomic file writes (temporary file + rename) are the core's: one implementation for
+/// checkpoints and domain files alike.
+pub use blockdiff_core::checkpoint::write_atomic;
 
 fn csv_bytes(header: &[&str], rows: impl Iterator<Item = Vec<String>>) -> Vec<u8> {
     let mut w = csv::Writer::from_writer(Vec::new());
@@ -97,7 +89,7 @@ pub fn write_roadmap(dir: &Path, net: &RoadNetwork) -> Result<(), TrajError> {
                 ]
             }),
     );
-    write_atomic(&dir.join("roadmap.rel"), &rel)
+    Ok(write_atomic(&dir.join("roadmap.rel"), &rel)?)
 }
 
 fn open_csv(path: &Path) -> Result<csv::Reader<std::fs::File>, TrajError> {
@@ -272,7 +264,7 @@ pub fn write_trips(path: &Path, trips: &[Trip]) -> Result<(), TrajError> {
             ]
         }),
     );
-    write_atomic(path, &bytes)
+    Ok(write_atomic(path, &bytes)?)
 }
 
 /// Reads a HOSER trajectory CSV, checking every id against a network of `n_segments`

@@ -7,7 +7,7 @@
 //! one. Segment `b` succeeds `a` when `b` starts at the node where `a` ends; the U-turn onto the
 //! same street's other direction is only kept at dead ends, where it is the only way on.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::path::Path;
 
 use geo::{Bearing, Distance, Haversine, Length, LineString, Point};
@@ -704,13 +704,4 @@ pub fn node_successors(segments: &[Segment]) -> Vec<Vec<usize>> {
             }
         })
         .collect()
-}
-
-/// Distinct node ids used by segments (for reports).
-pub fn node_count(segments: &[Segment]) -> usize {
-    segments
-        .iter()
-        .flat_map(|s| [s.from_node, s.to_node])
-        .collect::<HashSet<_>>()
-        .len()
 }

@@ -47,7 +47,7 @@ pub fn write_geojson(
         })
         .collect();
     let doc = serde_json::json!({ "type": "FeatureCollection", "features": features });
-    write_atomic(path, doc.to_string().as_bytes())
+    Ok(write_atomic(path, doc.to_string().as_bytes())?)
 }
 
 /// The requests of a set of real trips (origin, destination, departure bucket).
