@@ -17,6 +17,7 @@
 //! | BD3-LM training | [`train`] |
 //! | block sampling | [`sample`] |
 //! | save / load | [`checkpoint`] |
+//! | reward (RL) fine-tuning | [`reward`] |
 //! | synthetic benchmark source | [`synthetic`] |
 
 pub mod bench;
@@ -27,6 +28,8 @@ pub mod constraint;
 pub mod error;
 pub mod mask;
 pub mod model;
+pub mod plot;
+pub mod reward;
 pub mod sample;
 pub mod schedule;
 pub mod synthetic;

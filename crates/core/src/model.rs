@@ -387,6 +387,24 @@ impl<B: Backend> BlockDiffusionModel<B> {
         self
     }
 
+    /// Freezes the token embedding (and feature projection) and the lowest `k` transformer
+    /// layers: their parameters get no gradients, so an optimiser leaves them as they are
+    /// (reward fine-tuning's "freeze lower layers" option).
+    pub fn freeze_lower(mut self, k: usize) -> Self {
+        if k == 0 {
+            return self;
+        }
+        self.embedding = self.embedding.no_grad();
+        self.feature_proj = self.feature_proj.map(|p| p.no_grad());
+        self.layers = self
+            .layers
+            .into_iter()
+            .enumerate()
+            .map(|(i, l)| if i < k { l.no_grad() } else { l })
+            .collect();
+        self
+    }
+
     /// Number of layers.
     pub fn n_layers(&self) -> usize {
         self.layers.len()

@@ -159,9 +159,20 @@ pub struct SampleOutput {
     pub sequences: Vec<Vec<u32>>,
     /// Whether each sequence ended with `EOS` (rather than at `max_len`).
     pub ended: Vec<bool>,
+    /// The denoising trajectory: per request and generated position (all `⌈max_len/b⌉·b` of
+    /// them, not cut at `EOS`), the model call *within its block* at which the token was
+    /// committed (0 = the block's first call); [`NOT_COMMITTED`] for positions filled with
+    /// `PAD` after the sequence ended. Reward fine-tuning rebuilds every intermediate state
+    /// from it ([`crate::reward`]).
+    pub commit_steps: Vec<Vec<u32>>,
+    /// Generated tokens per request before the cut: `⌈max_len/b⌉·b` tokens, `PAD` after the end.
+    pub full_sequences: Vec<Vec<u32>>,
     /// Counters.
     pub stats: SampleStats,
 }
+
+/// [`SampleOutput::commit_steps`] of a position the model never decided.
+pub const NOT_COMMITTED: u32 = u32::MAX;
 
 /// What an observer sees at every model call (used by the cache-exactness test).
 pub struct StepView<'a> {
@@ -205,6 +216,8 @@ pub fn sample_observed<B: Backend, C: Condition>(
         return Ok(SampleOutput {
             sequences: Vec::new(),
             ended: Vec::new(),
+            commit_steps: Vec::new(),
+            full_sequences: Vec::new(),
             stats: SampleStats::default(),
         });
     }
@@ -290,6 +303,7 @@ pub fn sample_observed<B: Backend, C: Condition>(
         .collect();
     let mut done = vec![false; n];
     let mut ended = vec![false; n];
+    let mut commit_steps = vec![vec![NOT_COMMITTED; n_blocks * b]; n];
     let mut stats = SampleStats {
         batch: n,
         ..SampleStats::default()
@@ -322,6 +336,7 @@ pub fn sample_observed<B: Backend, C: Condition>(
             let fill = if done[i] { PAD } else { MASK };
             s.extend(std::iter::repeat_n(fill, b));
         }
+        let mut step_in_block: u32 = 0;
         loop {
             // ---- one model call ----
             let logits: Vec<f32> = if cfg.use_cache {
@@ -454,12 +469,14 @@ pub fn sample_observed<B: Backend, C: Condition>(
                         continue;
                     }
                     seqs[i][pos] = tok;
+                    commit_steps[i][pos - prompt_len] = step_in_block;
                     stats.tokens += 1;
                 }
                 if seqs[i][seq_off..seq_off + b].contains(&MASK) {
                     any_masked = true;
                 }
             }
+            step_in_block += 1;
             if !any_masked {
                 break;
             }
@@ -484,6 +501,14 @@ pub fn sample_observed<B: Backend, C: Condition>(
                 .collect(),
         );
     }
+    let full_sequences: Vec<Vec<u32>> = seqs
+        .iter()
+        .map(|s| {
+            let mut g = s[prompt_len..].to_vec();
+            g.resize(n_blocks * b, PAD);
+            g
+        })
+        .collect();
     let sequences = seqs
         .into_iter()
         .map(|s| {
@@ -500,6 +525,8 @@ pub fn sample_observed<B: Backend, C: Condition>(
     Ok(SampleOutput {
         sequences,
         ended,
+        commit_steps,
+        full_sequences,
         stats,
     })
 }

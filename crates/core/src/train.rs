@@ -246,23 +246,17 @@ pub fn noised_batch<B: Backend>(
 ) -> NoisedBatch<B> {
     let n = examples.len();
     let l = cfg.seq_len;
-    let prompt_len = examples[0].condition.prompt.len();
     let n_blocks = l / block;
     let rates = sample_mask_rates(n * n_blocks, cfg.t_min, cfg.t_max, cfg.antithetic, rng);
-    let width = prompt_len + 2 * l;
-    let mut tokens = Vec::with_capacity(n * width);
-    let mut targets = Vec::with_capacity(n * l);
-    let mut weights = Vec::with_capacity(n * l);
+    let mut states = Vec::with_capacity(n);
+    let mut clean = Vec::with_capacity(n);
+    let mut weights = Vec::with_capacity(n);
     let mut drops = Vec::with_capacity(n);
     for (i, ex) in examples.iter().enumerate() {
         let x0 = frame(&ex.tokens, l).expect("checked by check_data");
-        let drop = drop_cond && rng.random::<f64>() < cfg.cond_drop_prob;
-        drops.push(if drop { 1.0f32 } else { 0.0 });
-        if drop {
-            tokens.extend(std::iter::repeat_n(MASK as i64, prompt_len));
-        } else {
-            tokens.extend(ex.condition.prompt.iter().map(|&t| t as i64));
-        }
+        drops.push(drop_cond && rng.random::<f64>() < cfg.cond_drop_prob);
+        let mut xt = Vec::with_capacity(l);
+        let mut wt = Vec::with_capacity(l);
         for k in 0..n_blocks {
             let blk = &x0[k * block..(k + 1) * block];
             let (masked, w): (Vec<bool>, f64) = match noise {
@@ -285,13 +279,54 @@ pub fn noised_batch<B: Backend>(
                 }
             };
             for (j, &tok) in blk.iter().enumerate() {
-                tokens.push(if masked[j] { MASK as i64 } else { tok as i64 });
-                weights.push(if masked[j] { w as f32 } else { 0.0 });
-                targets.push(tok as i64);
+                xt.push(if masked[j] { MASK } else { tok });
+                wt.push(if masked[j] { w as f32 } else { 0.0 });
             }
         }
-        tokens.extend(x0.iter().map(|&t| t as i64));
+        states.push(xt);
+        clean.push(x0);
+        weights.push(wt);
     }
+    batch_from_states(
+        examples, &states, &clean, &weights, &drops, model_cfg, block, device,
+    )
+}
+
+/// Builds the `context ⊕ x_t ⊕ x_0` model input from explicit noisy states: `states[i]` is
+/// `x_t` (`MASK` where noised), `clean[i]` the framed `x_0` (both of one length `L`, a multiple
+/// of `block`), `weights[i][j]` the loss weight of position `j` (0 where nothing is predicted),
+/// `drops[i]` whether example `i` uses the null condition. Training draws the states at random
+/// ([`noised_batch`]); reward fine-tuning replays the sampler's own intermediate states.
+#[allow(clippy::too_many_arguments)]
+pub fn batch_from_states<B: Backend>(
+    examples: &[&Example],
+    states: &[Vec<u32>],
+    clean: &[Vec<u32>],
+    weights: &[Vec<f32>],
+    drops: &[bool],
+    model_cfg: &BlockDiffusionConfig,
+    block: usize,
+    device: &B::Device,
+) -> NoisedBatch<B> {
+    let n = examples.len();
+    let l = clean[0].len();
+    let prompt_len = examples[0].condition.prompt.len();
+    let width = prompt_len + 2 * l;
+    let mut tokens = Vec::with_capacity(n * width);
+    let mut targets = Vec::with_capacity(n * l);
+    let mut flat_w = Vec::with_capacity(n * l);
+    for (i, ex) in examples.iter().enumerate() {
+        if drops[i] {
+            tokens.extend(std::iter::repeat_n(MASK as i64, prompt_len));
+        } else {
+            tokens.extend(ex.condition.prompt.iter().map(|&t| t as i64));
+        }
+        tokens.extend(states[i].iter().map(|&t| t as i64));
+        tokens.extend(clean[i].iter().map(|&t| t as i64));
+        targets.extend(clean[i].iter().map(|&t| t as i64));
+        flat_w.extend_from_slice(&weights[i]);
+    }
+    let drops: Vec<f32> = drops.iter().map(|&d| if d { 1.0 } else { 0.0 }).collect();
     let cond_len = if model_cfg.cond_dim > 0 {
         model_cfg.cond_len
     } else {
@@ -329,7 +364,7 @@ pub fn noised_batch<B: Backend>(
         seq_len: l,
         targets: Tensor::<B, 1, Int>::from_data(TensorData::new(targets, [n * l]), device)
             .reshape([n, l]),
-        weights: Tensor::<B, 1>::from_floats(weights.as_slice(), device).reshape([n, l]),
+        weights: Tensor::<B, 1>::from_floats(flat_w.as_slice(), device).reshape([n, l]),
     }
 }
 
@@ -379,7 +414,7 @@ pub fn evaluate<B: Backend>(
 }
 
 /// Rescales all gradients so their global L2 norm is at most `max_norm`; returns the norm.
-fn clip_global_norm<B: AutodiffBackend>(
+pub(crate) fn clip_global_norm<B: AutodiffBackend>(
     model: &BlockDiffusionModel<B>,
     grads: &mut GradientsParams,
     max_norm: f64,

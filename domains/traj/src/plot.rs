@@ -3,34 +3,11 @@
 //! `fonts-dejavu-core`, or `BLOCKDIFF_FONT`); without one the plots are drawn without labels.
 
 use std::path::Path;
-use std::sync::OnceLock;
 
 use plotters::prelude::*;
-use plotters::style::FontStyle;
 
 use crate::error::TrajError;
 use crate::network::RoadNetwork;
-
-fn font_ready() -> bool {
-    static READY: OnceLock<bool> = OnceLock::new();
-    *READY.get_or_init(|| {
-        let candidates = [
-            std::env::var("BLOCKDIFF_FONT").unwrap_or_default(),
-            "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf".into(),
-            "/usr/share/fonts/TTF/DejaVuSans.ttf".into(),
-        ];
-        for c in candidates.iter().filter(|c| !c.is_empty()) {
-            if let Ok(bytes) = std::fs::read(c) {
-                // Registered once per process; the font lives as long as the process.
-                let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
-                if plotters::style::register_font("sans-serif", FontStyle::Normal, bytes).is_ok() {
-                    return true;
-                }
-            }
-        }
-        false
-    })
-}
 
 fn plot_err(path: &Path) -> impl Fn(String) -> TrajError + '_ {
     move |message| TrajError::Plot {
@@ -53,7 +30,7 @@ pub struct RouteSet<'a> {
 /// of trip distances of every set, into a PNG at `path` (written atomically).
 pub fn plot_trips(net: &RoadNetwork, sets: &[RouteSet<'_>], path: &Path) -> Result<(), TrajError> {
     let err = plot_err(path);
-    let text = font_ready();
+    let text = blockdiff_core::plot::font_ready();
     let panels = sets.len().max(1) as u32;
     let (w, h) = (520 * panels, 900);
     // Drawn into a temporary PNG beside the target, then renamed: an atomic write.
