@@ -11,6 +11,7 @@ use blockdiff_core::sample::{sample, CommitPolicy, SamplerConfig};
 use blockdiff_core::tokenizer::Tokenizer;
 use clap::{Parser, Subcommand, ValueEnum};
 
+mod dag;
 mod traj;
 
 #[derive(Parser)]
@@ -40,6 +41,11 @@ enum Command {
     Traj {
         #[command(subcommand)]
         cmd: traj::TrajCommand,
+    },
+    /// Neural-architecture DAGs: RL-fine-tuned generation and search on NAS benchmarks.
+    Dag {
+        #[command(subcommand)]
+        cmd: dag::DagCommand,
     },
     /// Benchmarks.
     Bench {
@@ -89,6 +95,7 @@ fn main() -> Result<()> {
     match Cli::parse().command {
         Command::Demo { out, task } => demo(out, task.task()),
         Command::Traj { cmd } => traj::run(cmd),
+        Command::Dag { cmd } => dag::run(cmd),
         Command::Bench {
             which:
                 BenchCommand::Core {

@@ -29,22 +29,38 @@ use crate::sample::{SampleOutput, NOT_COMMITTED};
 use crate::tokenizer::MASK;
 use crate::train::{batch_from_states, batch_loss, clip_global_norm};
 
-/// Running mean and standard deviation of rewards (Welford), for advantage normalisation.
+/// Running mean and standard deviation of rewards, for advantage normalisation: over all
+/// rewards so far or, with a `decay` below 1, exponentially weighted so the baseline follows a
+/// policy that improves quickly.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct RewardNormalizer {
     count: f64,
     mean: f64,
-    m2: f64,
+    var: f64,
+    decay: Option<f64>,
 }
 
 impl RewardNormalizer {
+    /// Cumulative (`decay >= 1`) or exponentially weighted (`decay < 1`) statistics.
+    pub fn new(decay: f64) -> Self {
+        Self {
+            decay: (decay < 1.0).then_some(decay.max(0.0)),
+            ..Self::default()
+        }
+    }
+
     /// Adds rewards to the running statistics.
     pub fn update(&mut self, rewards: &[f64]) {
         for &r in rewards {
             self.count += 1.0;
+            // Weight of the new reward: 1/n (exact running moments), at least 1 − decay (EMA).
+            let w = match self.decay {
+                Some(g) => (1.0 / self.count).max(1.0 - g),
+                None => 1.0 / self.count,
+            };
             let d = r - self.mean;
-            self.mean += d / self.count;
-            self.m2 += d * (r - self.mean);
+            self.mean += w * d;
+            self.var = (1.0 - w) * (self.var + w * d * d);
         }
     }
 
@@ -53,12 +69,12 @@ impl RewardNormalizer {
         self.mean
     }
 
-    /// Running standard deviation (population), at least `1e-8`.
+    /// Running standard deviation, at least `1e-8` (1 before two rewards).
     pub fn std(&self) -> f64 {
         if self.count < 2.0 {
             1.0
         } else {
-            (self.m2 / self.count).sqrt().max(1e-8)
+            self.var.sqrt().max(1e-8)
         }
     }
 
@@ -85,6 +101,8 @@ pub struct PolicyGradientConfig {
     pub epochs: usize,
     /// Freeze the embedding and this many lowest transformer layers.
     pub freeze_layers: usize,
+    /// Reward statistics: 1 = over all rewards so far, below 1 = exponential decay per reward.
+    pub reward_decay: f64,
     /// Seed of the state draws.
     pub seed: u64,
 }
@@ -99,6 +117,7 @@ impl Default for PolicyGradientConfig {
             states_per_sample: 2,
             epochs: 1,
             freeze_layers: 0,
+            reward_decay: 1.0,
             seed: 0,
         }
     }
@@ -185,8 +204,8 @@ impl<B: AutodiffBackend> PolicyGradientTrainer<B> {
             model_cfg: model_cfg.clone(),
             optim,
             rng: StdRng::seed_from_u64(cfg.seed ^ 0x9E37_79B9),
+            normalizer: RewardNormalizer::new(cfg.reward_decay),
             cfg,
-            normalizer: RewardNormalizer::default(),
         })
     }
 
@@ -368,12 +387,21 @@ mod tests {
 
     #[test]
     fn normalizer_matches_batch_statistics() {
-        let mut n = RewardNormalizer::default();
+        let mut n = RewardNormalizer::new(1.0);
         n.update(&[1.0, 2.0]);
         n.update(&[3.0, 4.0]);
         assert!((n.mean() - 2.5).abs() < 1e-12);
         assert!((n.std() - 1.25f64.sqrt()).abs() < 1e-12);
         assert!((n.normalize(2.5)).abs() < 1e-12);
+        // Exponential decay forgets: after a jump the mean sits near the new level.
+        let mut e = RewardNormalizer::new(0.5);
+        e.update(&[0.0; 20]);
+        e.update(&[10.0; 20]);
+        assert!((e.mean() - 10.0).abs() < 1e-3, "{}", e.mean());
+        let mut c = RewardNormalizer::new(1.0);
+        c.update(&[0.0; 20]);
+        c.update(&[10.0; 20]);
+        assert!((c.mean() - 5.0).abs() < 1e-12);
     }
 
     #[test]
