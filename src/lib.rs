@@ -3,4 +3,5 @@
 //! Re-exports the engine and the domain crates under short names.
 
 pub use blockdiff_core as core;
+pub use blockdiff_dag as dag;
 pub use blockdiff_traj as traj;

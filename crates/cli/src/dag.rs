@@ -72,16 +72,16 @@ pub enum DagCommand {
         #[arg(long, default_value_t = 20)]
         seeds: u64,
         /// RL samples per round.
-        #[arg(long, default_value_t = 32)]
+        #[arg(long, default_value_t = 8)]
         batch: usize,
         /// RL learning rate.
-        #[arg(long, default_value_t = 1e-3)]
+        #[arg(long, default_value_t = 2e-3)]
         lr: f64,
         /// RL gradient steps per round.
-        #[arg(long, default_value_t = 2)]
+        #[arg(long, default_value_t = 4)]
         epochs: usize,
         /// RL reward-baseline decay (1 = mean/std over all rewards so far).
-        #[arg(long, default_value_t = 1.0)]
+        #[arg(long, default_value_t = 0.97)]
         reward_decay: f64,
         /// RL sampling temperature.
         #[arg(long, default_value_t = 1.0)]

@@ -98,15 +98,7 @@ impl Benchmark {
             };
             let row = row.map_err(|e| err(e.to_string()))?;
             let arch = row.get(0).unwrap_or("");
-            let ops: Vec<u8> = arch
-                .split('-')
-                .map(|p| p.trim().parse::<u8>())
-                .collect::<Result<_, _>>()
-                .map_err(|_| {
-                    err(format!(
-                        "field arch: {arch:?} is not six op codes joined by '-'"
-                    ))
-                })?;
+            let ops = dashed_ints(arch, "arch").map_err(err)?;
             let cell = Cell { ops, structure: 0 };
             space
                 .check(&cell)
@@ -156,15 +148,7 @@ impl Benchmark {
             };
             let row = row.map_err(|e| err(e.to_string()))?;
             let link_s = row.get(0).unwrap_or("");
-            let link: Vec<u8> = link_s
-                .split('-')
-                .map(|p| p.trim().parse::<u8>())
-                .collect::<Result<_, _>>()
-                .map_err(|_| {
-                    err(format!(
-                        "field link: {link_s:?} is not four ints joined by '-'"
-                    ))
-                })?;
+            let link = dashed_ints(link_s, "link").map_err(err)?;
             let link: [u8; 4] = link
                 .try_into()
                 .map_err(|_| err(format!("field link: {link_s:?} must have four entries")))?;
@@ -354,6 +338,14 @@ fn reader(path: &Path, expect: &[&str]) -> Result<csv::Reader<std::fs::File>, Da
         }
     }
     Ok(rdr)
+}
+
+/// `"0-1-1-2"` → `[0, 1, 1, 2]`.
+fn dashed_ints(s: &str, name: &str) -> Result<Vec<u8>, String> {
+    s.split('-')
+        .map(|p| p.trim().parse::<u8>())
+        .collect::<Result<_, _>>()
+        .map_err(|_| format!("field {name}: {s:?} is not small integers joined by '-'"))
 }
 
 fn number(field: Option<&str>, name: &str) -> Result<f64, String> {

@@ -135,12 +135,15 @@ impl Default for SearchConfig {
             budget: 200,
             population: 20,
             tournament: 5,
-            batch: 32,
+            batch: 8,
             temperature: 1.0,
             max_rounds: 150,
+            // Tuned on nb201-analog over 6–10 seeds (README): small batches with several
+            // gradient steps each and a baseline that follows the improving policy.
             pg: PolicyGradientConfig {
-                lr: 1e-3,
-                epochs: 2,
+                lr: 2e-3,
+                epochs: 4,
+                reward_decay: 0.97,
                 ..PolicyGradientConfig::default()
             },
             invert: false,
