@@ -4,6 +4,9 @@
 
 use std::sync::OnceLock;
 
+use plotters::chart::{ChartContext, SeriesAnno};
+use plotters::coord::{CoordTranslate, Shift};
+use plotters::prelude::*;
 use plotters::style::FontStyle;
 
 /// Registers a sans-serif font once per process; false when none was found.
@@ -26,4 +29,51 @@ pub fn font_ready() -> bool {
         }
         false
     })
+}
+
+/// Draws a PNG of `size` pixels at `path`, atomically. `draw` paints a white root area backed by
+/// a temporary file beside the target, which is renamed over `path` once presented. Errors are
+/// described as text for the domain's own plot error.
+pub fn write_png(
+    path: &std::path::Path,
+    size: (u32, u32),
+    draw: impl FnOnce(&DrawingArea<BitMapBackend<'_>, Shift>) -> Result<(), String>,
+) -> Result<(), String> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    }
+    let tmp = path.with_file_name(format!(
+        ".{}.tmp.png",
+        path.file_stem().and_then(|s| s.to_str()).unwrap_or("plot")
+    ));
+    {
+        let root = BitMapBackend::new(&tmp, size).into_drawing_area();
+        root.fill(&WHITE).map_err(|e| e.to_string())?;
+        draw(&root)?;
+        root.present().map_err(|e| e.to_string())?;
+    }
+    std::fs::rename(&tmp, path).map_err(|e| format!("renaming {}: {e}", tmp.display()))
+}
+
+/// Labels the last drawn series with `label` in colour `color` for [`draw_legend`].
+pub fn label_series<DB: DrawingBackend>(
+    series: &mut SeriesAnno<'_, DB>,
+    label: impl Into<String>,
+    color: RGBColor,
+) {
+    series
+        .label(label)
+        .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
+}
+
+/// Draws the legend box of the labelled series.
+pub fn draw_legend<'a, DB: DrawingBackend + 'a, CT: CoordTranslate>(
+    chart: &mut ChartContext<'a, DB, CT>,
+) -> Result<(), String> {
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()
+        .map_err(|e| e.to_string())
 }

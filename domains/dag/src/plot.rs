@@ -10,10 +10,6 @@ use crate::search::Summary;
 /// Draws mean regret (log scale) against unique queries, one line per method, into `path`
 /// (written atomically).
 pub fn plot_regret(summaries: &[Summary], path: &Path) -> Result<(), DagError> {
-    let err = |message: String| DagError::Plot {
-        path: path.to_path_buf(),
-        message,
-    };
     let text = blockdiff_core::plot::font_ready();
     let budget = summaries.iter().map(|s| s.budget).max().unwrap_or(1).max(2);
     let floor = 1e-3;
@@ -23,14 +19,8 @@ pub fn plot_regret(summaries: &[Summary], path: &Path) -> Result<(), DagError> {
         .filter(|v| v.is_finite())
         .fold(floor * 10.0, f64::max)
         * 1.5;
-    let tmp = path.with_file_name(format!(
-        ".{}.tmp.png",
-        path.file_name().and_then(|n| n.to_str()).unwrap_or("plot")
-    ));
-    {
-        let root = BitMapBackend::new(&tmp, (800, 520)).into_drawing_area();
-        root.fill(&WHITE).map_err(|e| err(e.to_string()))?;
-        let mut b = ChartBuilder::on(&root);
+    blockdiff_core::plot::write_png(path, (800, 520), |root| {
+        let mut b = ChartBuilder::on(root);
         b.margin(16).x_label_area_size(40).y_label_area_size(60);
         if text {
             b.caption(
@@ -43,14 +33,14 @@ pub fn plot_regret(summaries: &[Summary], path: &Path) -> Result<(), DagError> {
         }
         let mut chart = b
             .build_cartesian_2d(1..budget, (floor..top).log_scale())
-            .map_err(|e| err(e.to_string()))?;
+            .map_err(|e| e.to_string())?;
         if text {
             chart
                 .configure_mesh()
                 .x_desc("unique queries")
                 .y_desc("regret")
                 .draw()
-                .map_err(|e| err(e.to_string()))?;
+                .map_err(|e| e.to_string())?;
         } else {
             chart
                 .configure_mesh()
@@ -59,12 +49,12 @@ pub fn plot_regret(summaries: &[Summary], path: &Path) -> Result<(), DagError> {
                 .x_labels(0)
                 .y_labels(0)
                 .draw()
-                .map_err(|e| err(e.to_string()))?;
+                .map_err(|e| e.to_string())?;
         }
         let colors = [RED, BLUE, GREEN, MAGENTA, BLACK];
         for (k, s) in summaries.iter().enumerate() {
             let c = colors[k % colors.len()];
-            let series = chart
+            let series = &mut chart
                 .draw_series(LineSeries::new(
                     s.mean_regret
                         .iter()
@@ -72,25 +62,18 @@ pub fn plot_regret(summaries: &[Summary], path: &Path) -> Result<(), DagError> {
                         .map(|(q, &r)| (q + 1, r.max(floor))),
                     c.stroke_width(2),
                 ))
-                .map_err(|e| err(e.to_string()))?;
+                .map_err(|e| e.to_string())?;
             if text {
-                series
-                    .label(s.method.clone())
-                    .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c));
+                blockdiff_core::plot::label_series(series, s.method.clone(), c);
             }
         }
         if text {
-            chart
-                .configure_series_labels()
-                .background_style(WHITE.mix(0.8))
-                .border_style(BLACK)
-                .draw()
-                .map_err(|e| err(e.to_string()))?;
+            blockdiff_core::plot::draw_legend(&mut chart)?;
         }
-        root.present().map_err(|e| err(e.to_string()))?;
-    }
-    std::fs::rename(&tmp, path).map_err(|source| DagError::Io {
+        Ok(())
+    })
+    .map_err(|message| DagError::Plot {
         path: path.to_path_buf(),
-        source,
+        message,
     })
 }

@@ -9,13 +9,6 @@ use plotters::prelude::*;
 use crate::error::TrajError;
 use crate::network::RoadNetwork;
 
-fn plot_err(path: &Path) -> impl Fn(String) -> TrajError + '_ {
-    move |message| TrajError::Plot {
-        path: path.to_path_buf(),
-        message,
-    }
-}
-
 /// One set of routes to draw on a map panel.
 pub struct RouteSet<'a> {
     /// Panel title.
@@ -29,21 +22,10 @@ pub struct RouteSet<'a> {
 /// Draws one map panel per route set (network in grey, routes translucent) plus a histogram
 /// of trip distances of every set, into a PNG at `path` (written atomically).
 pub fn plot_trips(net: &RoadNetwork, sets: &[RouteSet<'_>], path: &Path) -> Result<(), TrajError> {
-    let err = plot_err(path);
     let text = blockdiff_core::plot::font_ready();
     let panels = sets.len().max(1) as u32;
     let (w, h) = (520 * panels, 900);
-    // Drawn into a temporary PNG beside the target, then renamed: an atomic write.
-    let tmp = path.with_file_name(format!(
-        ".{}.tmp.png",
-        path.file_stem().and_then(|s| s.to_str()).unwrap_or("plot")
-    ));
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(|e| TrajError::io(dir, e))?;
-    }
-    {
-        let root = BitMapBackend::new(&tmp, (w, h)).into_drawing_area();
-        root.fill(&WHITE).map_err(|e| err(e.to_string()))?;
+    blockdiff_core::plot::write_png(path, (w, h), |root| {
         let (maps, hist) = root.split_vertically(560);
         let bb = net.bbox();
         let lines: Vec<Vec<(f64, f64)>> = net
@@ -59,11 +41,11 @@ pub fn plot_trips(net: &RoadNetwork, sets: &[RouteSet<'_>], path: &Path) -> Resu
             }
             let mut chart = b
                 .build_cartesian_2d(bb[0]..bb[2], bb[1]..bb[3])
-                .map_err(|e| err(e.to_string()))?;
+                .map_err(|e| e.to_string())?;
             for l in &lines {
                 chart
                     .draw_series(LineSeries::new(l.iter().copied(), RGBColor(200, 200, 200)))
-                    .map_err(|e| err(e.to_string()))?;
+                    .map_err(|e| e.to_string())?;
             }
             for r in set.routes.iter().take(400) {
                 let pts: Vec<(f64, f64)> = net
@@ -73,7 +55,7 @@ pub fn plot_trips(net: &RoadNetwork, sets: &[RouteSet<'_>], path: &Path) -> Resu
                     .collect();
                 chart
                     .draw_series(LineSeries::new(pts, set.color.mix(0.08).stroke_width(2)))
-                    .map_err(|e| err(e.to_string()))?;
+                    .map_err(|e| e.to_string())?;
             }
         }
         // Distance histograms (km), 40 bins over the pooled range, as outlines.
@@ -112,13 +94,13 @@ pub fn plot_trips(net: &RoadNetwork, sets: &[RouteSet<'_>], path: &Path) -> Resu
         }
         let mut chart = b
             .build_cartesian_2d(0.0..max, 0.0..ymax)
-            .map_err(|e| err(e.to_string()))?;
+            .map_err(|e| e.to_string())?;
         if text {
             chart
                 .configure_mesh()
                 .disable_mesh()
                 .draw()
-                .map_err(|e| err(e.to_string()))?;
+                .map_err(|e| e.to_string())?;
         }
         for (hs, set) in hists.iter().zip(sets) {
             let step = max / bins as f64;
@@ -127,24 +109,20 @@ pub fn plot_trips(net: &RoadNetwork, sets: &[RouteSet<'_>], path: &Path) -> Resu
                 .enumerate()
                 .flat_map(|(k, &v)| [(k as f64 * step, v), ((k + 1) as f64 * step, v)])
                 .collect();
-            let s = chart
+            let s = &mut chart
                 .draw_series(LineSeries::new(pts, set.color.stroke_width(2)))
-                .map_err(|e| err(e.to_string()))?;
+                .map_err(|e| e.to_string())?;
             if text {
-                let c = set.color;
-                s.label(set.title)
-                    .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c));
+                blockdiff_core::plot::label_series(s, set.title, set.color);
             }
         }
         if text {
-            chart
-                .configure_series_labels()
-                .background_style(WHITE.mix(0.8))
-                .border_style(BLACK)
-                .draw()
-                .map_err(|e| err(e.to_string()))?;
+            blockdiff_core::plot::draw_legend(&mut chart)?;
         }
-        root.present().map_err(|e| err(e.to_string()))?;
-    }
-    std::fs::rename(&tmp, path).map_err(|e| TrajError::io(path, e))
+        Ok(())
+    })
+    .map_err(|message| TrajError::Plot {
+        path: path.to_path_buf(),
+        message,
+    })
 }
