@@ -133,10 +133,7 @@ fn generator(bench: &Benchmark, a: &ModelArgs) -> Result<DagModel<CpuTrainBacken
     }
     let subset = match &a.pretrain {
         Some(s) => PretrainSubset::parse(s)?,
-        None if bench.space.kind == blockdiff_dag::space::SpaceKind::Nb201 => {
-            PretrainSubset::Below(85.0)
-        }
-        None => PretrainSubset::Fraction(0.07),
+        None => PretrainSubset::default_for(&bench.space),
     };
     let cells = subset.cells(bench, 0);
     let cfg = DagModelConfig {

@@ -91,11 +91,7 @@ impl Benchmark {
         let mut cells = Vec::new();
         for (i, row) in rdr.records().enumerate() {
             let line = i + 2;
-            let err = |message: String| DagError::Format {
-                path: path.to_path_buf(),
-                line,
-                message,
-            };
+            let err = format_err(path, line);
             let row = row.map_err(|e| err(e.to_string()))?;
             let arch = row.get(0).unwrap_or("");
             let ops = dashed_ints(arch, "arch").map_err(err)?;
@@ -141,11 +137,7 @@ impl Benchmark {
         let mut used_ops = [false; NBG_OPS.len()];
         for (i, row) in rdr.records().enumerate() {
             let line = i + 2;
-            let err = |message: String| DagError::Format {
-                path: path.to_path_buf(),
-                line,
-                message,
-            };
+            let err = format_err(path, line);
             let row = row.map_err(|e| err(e.to_string()))?;
             let link_s = row.get(0).unwrap_or("");
             let link = dashed_ints(link_s, "link").map_err(err)?;
@@ -218,11 +210,7 @@ impl Benchmark {
         let mut records = HashMap::new();
         let mut cells = Vec::new();
         for (line, link, ops, rec) in rows {
-            let err = |message: String| DagError::Format {
-                path: path.to_path_buf(),
-                line,
-                message,
-            };
+            let err = format_err(path, line);
             let cell = Cell {
                 ops: ops
                     .iter()
@@ -292,7 +280,8 @@ impl Benchmark {
         self.get(cell).map(|r| self.score(r))
     }
 
-    fn score(&self, r: &Record) -> f64 {
+    /// The reward of a record under the objective.
+    pub fn score(&self, r: &Record) -> f64 {
         let o = &self.objective;
         r.accuracy
             - o.latency_weight * r.latency.unwrap_or(0.0) / self.max_latency
@@ -338,6 +327,15 @@ fn reader(path: &Path, expect: &[&str]) -> Result<csv::Reader<std::fs::File>, Da
         }
     }
     Ok(rdr)
+}
+
+/// The error of a malformed `line` of `path`.
+fn format_err(path: &Path, line: usize) -> impl Fn(String) -> DagError + Copy + '_ {
+    move |message| DagError::Format {
+        path: path.to_path_buf(),
+        line,
+        message,
+    }
 }
 
 /// `"0-1-1-2"` → `[0, 1, 1, 2]`.

@@ -83,9 +83,7 @@ impl Constraint for DagConstraint {
             Slot::Op(i) if i == 0 || i == n - 1 => keep_only(allowed, &[t.label_id(i, 0)]),
             Slot::Op(_) => {
                 let space = t.space();
-                let mut ids: Vec<u32> = (0..space.ops.len() as u8)
-                    .map(|o| t.label_id(1, o))
-                    .collect();
+                let mut ids: Vec<u32> = (0..space.ops.len() as u8).map(|o| t.op_id(o)).collect();
                 if let Some(u) = space.forbid_uniform {
                     let others_all_u = self
                         .op_positions

@@ -93,6 +93,15 @@ impl PretrainSubset {
         }
     }
 
+    /// DGPO-style defaults: cells below 85% accuracy on NAS-Bench-201, a random 7% of
+    /// NAS-Bench-Graph (whose scores are not percentages).
+    pub fn default_for(space: &crate::space::CellSpace) -> Self {
+        match space.kind {
+            crate::space::SpaceKind::Nb201 => Self::Below(85.0),
+            crate::space::SpaceKind::NasBenchGraph => Self::Fraction(0.07),
+        }
+    }
+
     /// The cells of `bench` in the subset.
     pub fn cells(&self, bench: &Benchmark, seed: u64) -> Vec<Cell> {
         let all = bench.cells();

@@ -48,7 +48,7 @@ impl<'a> Oracle<'a> {
                 if self.curve.len() >= self.budget {
                     return None;
                 }
-                let r = self.bench.reward(cell)?;
+                let r = self.bench.score(rec);
                 self.seen.insert(rec.canonical, r);
                 let best = self.curve.last().map_or(r, |&b| b.max(r));
                 self.curve.push(best);
@@ -267,7 +267,7 @@ pub fn run(
                             Some(r) => {
                                 rewards.push(Some(r));
                                 keep.push(true);
-                                truth.push(bench.reward(c).expect("queried"));
+                                truth.push(if cfg.invert { -r } else { r });
                             }
                             // Budget spent on a new cell: no reward, not used for learning.
                             None => {

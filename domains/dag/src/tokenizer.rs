@@ -94,13 +94,18 @@ impl DagTokenizer {
     /// Token id of node `node`'s label for operation `op` (ignored for input/output).
     pub fn label_id(&self, node: usize, op: u8) -> u32 {
         let n = self.space.n_nodes();
-        self.vocab.regular_id(if node == 0 {
-            NODE_INPUT
+        if node == 0 {
+            self.vocab.regular_id(NODE_INPUT)
         } else if node == n - 1 {
-            NODE_OUTPUT
+            self.vocab.regular_id(NODE_OUTPUT)
         } else {
-            FIRST_OP + op as usize
-        })
+            self.op_id(op)
+        }
+    }
+
+    /// Token id of operation `op`.
+    pub fn op_id(&self, op: u8) -> u32 {
+        self.vocab.regular_id(FIRST_OP + op as usize)
     }
 
     /// Operation index of a token id, if it is an operation.
