@@ -22,7 +22,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
-use crate::condition::{Conditioning, Example};
+use crate::condition::Conditioning;
 use crate::error::TrainError;
 use crate::model::{BlockDiffusionConfig, BlockDiffusionModel};
 use crate::sample::{SampleOutput, NOT_COMMITTED};
@@ -301,7 +301,7 @@ impl<B: AutodiffBackend> PolicyGradientTrainer<B> {
         }
         let mut total = 0.0;
         for _ in 0..self.cfg.epochs {
-            let mut examples = Vec::new();
+            let mut conditions = Vec::new();
             let mut states = Vec::new();
             let mut clean = Vec::new();
             let mut weights = Vec::new();
@@ -309,19 +309,15 @@ impl<B: AutodiffBackend> PolicyGradientTrainer<B> {
                 let r = &rollouts[i];
                 for _ in 0..self.cfg.states_per_sample {
                     let (xt, w) = replay_state(r, block, adv[k], &mut self.rng);
-                    examples.push(Example {
-                        tokens: r.tokens.clone(),
-                        condition: r.condition.clone(),
-                    });
+                    conditions.push(&r.condition);
                     states.push(xt);
                     clean.push(r.tokens.clone());
                     weights.push(w);
                 }
             }
-            let refs: Vec<&Example> = examples.iter().collect();
-            let drops = vec![false; refs.len()];
+            let drops = vec![false; conditions.len()];
             let batch = batch_from_states::<B>(
-                &refs,
+                &conditions,
                 &states,
                 &clean,
                 &weights,

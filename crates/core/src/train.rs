@@ -14,7 +14,7 @@ use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
 use crate::checkpoint;
-use crate::condition::Example;
+use crate::condition::{Conditioning, Example};
 use crate::error::TrainError;
 use crate::mask;
 use crate::model::{BlockDiffusionConfig, BlockDiffusionModel, ForwardInput};
@@ -287,19 +287,28 @@ pub fn noised_batch<B: Backend>(
         clean.push(x0);
         weights.push(wt);
     }
+    let conditions: Vec<&Conditioning> = examples.iter().map(|e| &e.condition).collect();
     batch_from_states(
-        examples, &states, &clean, &weights, &drops, model_cfg, block, device,
+        &conditions,
+        &states,
+        &clean,
+        &weights,
+        &drops,
+        model_cfg,
+        block,
+        device,
     )
 }
 
-/// Builds the `context ⊕ x_t ⊕ x_0` model input from explicit noisy states: `states[i]` is
+/// Builds the `context ⊕ x_t ⊕ x_0` model input from explicit noisy states: `conditions[i]`
+/// is sample `i`'s prompt/vectors, `states[i]` is
 /// `x_t` (`MASK` where noised), `clean[i]` the framed `x_0` (both of one length `L`, a multiple
 /// of `block`), `weights[i][j]` the loss weight of position `j` (0 where nothing is predicted),
 /// `drops[i]` whether example `i` uses the null condition. Training draws the states at random
 /// ([`noised_batch`]); reward fine-tuning replays the sampler's own intermediate states.
 #[allow(clippy::too_many_arguments)]
 pub fn batch_from_states<B: Backend>(
-    examples: &[&Example],
+    conditions: &[&Conditioning],
     states: &[Vec<u32>],
     clean: &[Vec<u32>],
     weights: &[Vec<f32>],
@@ -308,18 +317,18 @@ pub fn batch_from_states<B: Backend>(
     block: usize,
     device: &B::Device,
 ) -> NoisedBatch<B> {
-    let n = examples.len();
+    let n = conditions.len();
     let l = clean[0].len();
-    let prompt_len = examples[0].condition.prompt.len();
+    let prompt_len = conditions[0].prompt.len();
     let width = prompt_len + 2 * l;
     let mut tokens = Vec::with_capacity(n * width);
     let mut targets = Vec::with_capacity(n * l);
     let mut flat_w = Vec::with_capacity(n * l);
-    for (i, ex) in examples.iter().enumerate() {
+    for (i, cond) in conditions.iter().enumerate() {
         if drops[i] {
             tokens.extend(std::iter::repeat_n(MASK as i64, prompt_len));
         } else {
-            tokens.extend(ex.condition.prompt.iter().map(|&t| t as i64));
+            tokens.extend(cond.prompt.iter().map(|&t| t as i64));
         }
         tokens.extend(states[i].iter().map(|&t| t as i64));
         tokens.extend(clean[i].iter().map(|&t| t as i64));
@@ -333,9 +342,9 @@ pub fn batch_from_states<B: Backend>(
         0
     };
     let (cond, cond_drop) = if cond_len > 0 {
-        let v: Vec<f32> = examples
+        let v: Vec<f32> = conditions
             .iter()
-            .flat_map(|e| e.condition.vectors.clone().unwrap_or_default())
+            .flat_map(|c| c.vectors.clone().unwrap_or_default())
             .collect();
         let c = Tensor::<B, 1>::from_floats(v.as_slice(), device).reshape([
             n,
