@@ -12,6 +12,7 @@ use blockdiff_core::tokenizer::Tokenizer;
 use clap::{Parser, Subcommand, ValueEnum};
 
 mod dag;
+mod robot;
 mod traj;
 
 #[derive(Parser)]
@@ -46,6 +47,11 @@ enum Command {
     Dag {
         #[command(subcommand)]
         cmd: dag::DagCommand,
+    },
+    /// Robot action chunks: train a policy, serve it over openpi's websocket protocol, demo.
+    Robot {
+        #[command(subcommand)]
+        cmd: robot::RobotCommand,
     },
     /// Benchmarks.
     Bench {
@@ -96,6 +102,7 @@ fn main() -> Result<()> {
         Command::Demo { out, task } => demo(out, task.task()),
         Command::Traj { cmd } => traj::run(cmd),
         Command::Dag { cmd } => dag::run(cmd),
+        Command::Robot { cmd } => robot::run(cmd),
         Command::Bench {
             which:
                 BenchCommand::Core {

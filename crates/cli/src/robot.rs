@@ -1,0 +1,430 @@
+//! `blockdiff robot …`: train an action-chunk policy on MetaWorld demonstrations, serve it to
+//! robots over openpi's websocket protocol, benchmark its latency, and the end-to-end demo.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+use blockdiff_core::checkpoint;
+use blockdiff_robot::client::{latency_bench, LatencyReport};
+use blockdiff_robot::data::Demos;
+use blockdiff_robot::policy::{train, PolicyConfig, RobotPolicy, TokenizerKind};
+use blockdiff_robot::server::{spawn, ServeConfig};
+use clap::{Args, Subcommand, ValueEnum};
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum TokKind {
+    Bins,
+    Fast,
+}
+
+#[derive(Args, Clone)]
+pub struct TrainArgs {
+    /// Actions per chunk (H).
+    #[arg(long, default_value_t = 10)]
+    horizon: usize,
+    /// Observations stacked into the condition.
+    #[arg(long, default_value_t = 1)]
+    history: usize,
+    /// Action tokenizer.
+    #[arg(long, value_enum, default_value_t = TokKind::Bins)]
+    tokenizer: TokKind,
+    /// Bins per value (bins tokenizer; 256 or 2048 are the usual choices).
+    #[arg(long, default_value_t = 256)]
+    bins: usize,
+    /// FAST vocabulary size.
+    #[arg(long, default_value_t = 512)]
+    fast_vocab: usize,
+    /// Training steps.
+    #[arg(long, default_value_t = 3000)]
+    steps: usize,
+    /// Batch size.
+    #[arg(long, default_value_t = 64)]
+    batch: usize,
+    /// Peak learning rate.
+    #[arg(long, default_value_t = 1e-3)]
+    lr: f64,
+    /// Model width.
+    #[arg(long, default_value_t = 128)]
+    d_model: usize,
+    /// Transformer layers.
+    #[arg(long, default_value_t = 3)]
+    layers: usize,
+    /// Serving block size (tokens); must divide H × D for the bins tokenizer.
+    #[arg(long, default_value_t = 8)]
+    block: usize,
+    /// Seed.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+}
+
+impl TrainArgs {
+    fn config(&self, act_dim: usize) -> PolicyConfig {
+        let chunk = self.horizon * act_dim;
+        let mut blocks = vec![1, self.block, chunk];
+        blocks.sort_unstable();
+        blocks.dedup();
+        PolicyConfig {
+            horizon: self.horizon,
+            history: self.history,
+            tokenizer: match self.tokenizer {
+                TokKind::Bins => TokenizerKind::Bins,
+                TokKind::Fast => TokenizerKind::Fast,
+            },
+            bins: self.bins,
+            fast_vocab: self.fast_vocab,
+            d_model: self.d_model,
+            n_layers: self.layers,
+            train_blocks: match self.tokenizer {
+                TokKind::Bins => blocks,
+                TokKind::Fast => vec![1, self.block],
+            },
+            steps: self.steps,
+            batch_size: self.batch,
+            lr: self.lr,
+            seed: self.seed,
+            block: self.block,
+            ..PolicyConfig::default()
+        }
+    }
+}
+
+#[derive(Args, Clone)]
+pub struct NodeArgs {
+    /// Most requests decoded as one batch.
+    #[arg(long, default_value_t = 8)]
+    max_batch: usize,
+    /// Requests allowed to wait; more are refused with "server busy".
+    #[arg(long, default_value_t = 64)]
+    queue: usize,
+    /// Per-request deadline in the queue (ms).
+    #[arg(long, default_value_t = 1000)]
+    deadline_ms: u64,
+    /// Largest accepted observation frame (bytes).
+    #[arg(long, default_value_t = 1 << 20)]
+    max_frame_bytes: usize,
+    /// Serving block size (default: the checkpoint's; 1 = autoregressive mode).
+    #[arg(long)]
+    block: Option<usize>,
+}
+
+impl NodeArgs {
+    fn config(&self) -> ServeConfig {
+        ServeConfig {
+            max_batch: self.max_batch,
+            queue: self.queue,
+            deadline_ms: self.deadline_ms,
+            max_frame_bytes: self.max_frame_bytes,
+            block: self.block,
+        }
+    }
+}
+
+#[derive(Subcommand)]
+pub enum RobotCommand {
+    /// Train a policy on a demonstrations file (datasets/metaworld/record.py writes one).
+    Train {
+        /// Demonstrations (safetensors, format blockdiff-robot-demos/1).
+        #[arg(long)]
+        demos: PathBuf,
+        /// Checkpoint directory.
+        #[arg(long)]
+        out: PathBuf,
+        #[command(flatten)]
+        train: TrainArgs,
+    },
+    /// Serve a policy over openpi's websocket protocol (and GET /healthz).
+    Serve {
+        /// Checkpoint directory.
+        #[arg(long)]
+        checkpoint: PathBuf,
+        /// Port (0 = any free port, printed on start).
+        #[arg(long, default_value_t = 8000)]
+        port: u16,
+        /// Address to bind.
+        #[arg(long, default_value = "0.0.0.0")]
+        host: String,
+        #[command(flatten)]
+        node: NodeArgs,
+    },
+    /// Request→chunk latency at 1 and 8 concurrent clients, block decoding vs AR mode.
+    Bench {
+        /// Checkpoint directory.
+        #[arg(long)]
+        checkpoint: PathBuf,
+        /// Demonstrations whose observations are sent.
+        #[arg(long)]
+        demos: PathBuf,
+        /// Measured requests per client.
+        #[arg(long, default_value_t = 200)]
+        requests: usize,
+        /// Write the table as JSON here.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
+    /// Record demonstrations, train, serve, evaluate through openpi-client; writes
+    /// DIR/results.json (per-task and average success, latency percentiles).
+    Demo {
+        /// Output directory.
+        #[arg(long, default_value = "out/robot")]
+        out: PathBuf,
+        /// Tasks: MT10 or a comma list of MetaWorld names.
+        #[arg(long, default_value = "reach-v3,push-v3,drawer-close-v3,button-press-topdown-v3")]
+        tasks: String,
+        /// Demonstrations per task.
+        #[arg(long, default_value_t = 50)]
+        episodes: usize,
+        /// Evaluation episodes per task.
+        #[arg(long, default_value_t = 10)]
+        eval_episodes: usize,
+        /// Steps per evaluation episode.
+        #[arg(long, default_value_t = 500)]
+        max_steps: usize,
+        /// Actions executed from each chunk before asking for a new one.
+        #[arg(long, default_value_t = 5)]
+        replan: usize,
+        /// Temporal ensembling weight (0 = off; >0 queries every step, as ACT).
+        #[arg(long, default_value_t = 0.0)]
+        ensemble: f64,
+        /// Python interpreter with metaworld and openpi-client (datasets/metaworld/fetch.sh).
+        #[arg(long, env = "BLOCKDIFF_PYTHON", default_value = "python3")]
+        python: String,
+        /// Folder of record.py and eval.py.
+        #[arg(long, default_value = "datasets/metaworld")]
+        scripts: PathBuf,
+        /// Also run the latency bench (requests per client; 0 = skip).
+        #[arg(long, default_value_t = 100)]
+        bench_requests: usize,
+        #[command(flatten)]
+        train: TrainArgs,
+    },
+}
+
+pub fn run(cmd: RobotCommand) -> Result<()> {
+    match cmd {
+        RobotCommand::Train { demos, out, train: t } => {
+            let d = Demos::read(&demos)?;
+            train_policy(&d, &t, &out)?;
+            Ok(())
+        }
+        RobotCommand::Serve {
+            checkpoint,
+            port,
+            host,
+            node,
+        } => {
+            let policy = RobotPolicy::load(&checkpoint)?;
+            let handle = spawn(policy, &format!("{host}:{port}"), node.config())?;
+            eprintln!("policy node on ws://{} (GET /healthz for health)", handle.addr);
+            println!("{}", handle.addr.port());
+            handle.join();
+            Ok(())
+        }
+        RobotCommand::Bench {
+            checkpoint,
+            demos,
+            requests,
+            json,
+        } => {
+            let d = Demos::read(&demos)?;
+            let rows = bench(&checkpoint, &d, requests)?;
+            print_bench(&rows);
+            if let Some(path) = json {
+                checkpoint::write_atomic(&path, &serde_json::to_vec_pretty(&rows)?)
+                    .with_context(|| format!("writing {}", path.display()))?;
+            }
+            Ok(())
+        }
+        RobotCommand::Demo {
+            out,
+            tasks,
+            episodes,
+            eval_episodes,
+            max_steps,
+            replan,
+            ensemble,
+            python,
+            scripts,
+            bench_requests,
+            train: t,
+        } => {
+            std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+            let demos_path = out.join("demos.safetensors");
+            eprintln!("recording {episodes} expert demonstrations per task of {tasks}...");
+            python_script(
+                &python,
+                &scripts.join("record.py"),
+                &[
+                    "--tasks", &tasks,
+                    "--episodes", &episodes.to_string(),
+                    "--seed", &t.seed.to_string(),
+                    "--out", path_str(&demos_path)?,
+                ],
+            )?;
+            let d = Demos::read(&demos_path)?;
+            let ckpt = out.join("checkpoint");
+            train_policy(&d, &t, &ckpt)?;
+            let policy = RobotPolicy::load(&ckpt)?;
+            let handle = spawn(policy, "127.0.0.1:0", ServeConfig::default())?;
+            eprintln!("policy node on ws://{}; evaluating through openpi-client...", handle.addr);
+            let eval_path = out.join("eval.json");
+            python_script(
+                &python,
+                &scripts.join("eval.py"),
+                &[
+                    "--host", "127.0.0.1",
+                    "--port", &handle.addr.port().to_string(),
+                    "--tasks", &tasks,
+                    "--episodes", &eval_episodes.to_string(),
+                    "--seed", &t.seed.to_string(),
+                    "--max-steps", &max_steps.to_string(),
+                    "--replan", &replan.to_string(),
+                    "--ensemble", &ensemble.to_string(),
+                    "--out", path_str(&eval_path)?,
+                ],
+            )?;
+            handle.stop();
+            let eval: serde_json::Value = checkpoint::read_json(&eval_path)?;
+            let rows = if bench_requests > 0 {
+                let r = bench(&ckpt, &d, bench_requests)?;
+                print_bench(&r);
+                r
+            } else {
+                Vec::new()
+            };
+            let results = serde_json::json!({
+                "tasks": eval["tasks"],
+                "success": eval["success"],
+                "success_ci95": eval["success_ci95"],
+                "latency_ms": eval["latency_ms"],
+                "server_timing_ms": eval["server_timing_ms"],
+                "bench": rows,
+                "episodes_per_task": episodes,
+                "eval_episodes_per_task": eval_episodes,
+                "train": t.config(d.act_dim),
+            });
+            let path = out.join("results.json");
+            checkpoint::write_json(&path, &results)?;
+            eprintln!(
+                "average success {} | latency p50/p95/p99 {} / {} / {} ms -> {}",
+                results["success"], results["latency_ms"]["p50"], results["latency_ms"]["p95"],
+                results["latency_ms"]["p99"], path.display()
+            );
+            Ok(())
+        }
+    }
+}
+
+fn path_str(p: &Path) -> Result<&str> {
+    p.to_str().context("path is not UTF-8")
+}
+
+fn python_script(python: &str, script: &Path, args: &[&str]) -> Result<()> {
+    if !script.exists() {
+        bail!("{} not found (run from the repository root or pass --scripts)", script.display());
+    }
+    let status = Command::new(python)
+        .arg(script)
+        .args(args)
+        .status()
+        .with_context(|| format!("starting {python} {}", script.display()))?;
+    if !status.success() {
+        bail!("{} failed ({status})", script.display());
+    }
+    Ok(())
+}
+
+fn train_policy(d: &Demos, t: &TrainArgs, out: &Path) -> Result<()> {
+    let cfg = t.config(d.act_dim);
+    eprintln!(
+        "training on {} successful episodes of {} tasks ({} steps)...",
+        d.successful().count(),
+        d.tasks.len(),
+        cfg.steps
+    );
+    let (_, report) = train(d, &cfg, Some(out), true)?;
+    eprintln!(
+        "train loss {:.4}, val NELBO {:?}, {:.0} tokens/s -> {}",
+        report.final_train_loss,
+        report.val_nelbo.last().map(|v| v.1),
+        report.tokens_per_s,
+        out.display()
+    );
+    Ok(())
+}
+
+/// One row of the latency table.
+#[derive(serde::Serialize)]
+struct BenchRow {
+    mode: String,
+    block: usize,
+    nfe: f64,
+    #[serde(flatten)]
+    report: LatencyReport,
+}
+
+fn bench(ckpt: &Path, d: &Demos, requests: usize) -> Result<Vec<BenchRow>> {
+    let policy = RobotPolicy::load(ckpt)?;
+    let block = policy.settings().config.block;
+    let history = policy.settings().config.history;
+    // Real observations: every 37th step of the demonstrations.
+    let obs: Vec<(Vec<f32>, String)> = d
+        .episodes
+        .iter()
+        .flat_map(|e| (e.start..e.end).step_by(37).map(move |t| (e, t)))
+        .map(|(e, t)| (d.history(e, t, history), d.tasks[e.task].clone()))
+        .take(256)
+        .collect();
+    let mut rows = Vec::new();
+    for (mode, b) in [("block", block), ("ar", 1)] {
+        let p = RobotPolicy::load(ckpt)?;
+        let sampler = p.sampler(Some(b));
+        let sample_obs: Vec<_> = obs
+            .iter()
+            .take(16)
+            .map(|(s, task)| blockdiff_robot::Observation {
+                state: s.clone(),
+                task: p.settings().task_index(task).unwrap_or(0),
+            })
+            .collect();
+        let (_, stats) = p.act(&sample_obs[..1], &sampler)?;
+        let handle = spawn(
+            p,
+            "127.0.0.1:0",
+            ServeConfig {
+                block: Some(b),
+                ..ServeConfig::default()
+            },
+        )?;
+        for clients in [1, 8] {
+            let report = latency_bench(handle.addr, &obs, clients, requests, 10)?;
+            rows.push(BenchRow {
+                mode: mode.into(),
+                block: b,
+                nfe: stats.nfe as f64,
+                report,
+            });
+        }
+        handle.stop();
+    }
+    Ok(rows)
+}
+
+fn print_bench(rows: &[BenchRow]) {
+    println!("| mode | block | NFE/chunk | clients | p50 ms | p95 ms | p99 ms | req/s | errors |");
+    println!("|---|---|---|---|---|---|---|---|---|");
+    for r in rows {
+        println!(
+            "| {} | {} | {:.0} | {} | {:.2} | {:.2} | {:.2} | {:.0} | {} |",
+            r.mode,
+            r.block,
+            r.nfe,
+            r.report.clients,
+            r.report.p50_ms,
+            r.report.p95_ms,
+            r.report.p99_ms,
+            r.report.throughput_rps,
+            r.report.errors
+        );
+    }
+}
