@@ -183,6 +183,44 @@ impl Demos {
         })
     }
 
+    /// Serialises to the `blockdiff-robot-demos/1` safetensors layout (what `record.py`
+    /// writes), so demonstrations from other sources can be converted in Rust.
+    pub fn to_bytes(&self) -> Result<Vec<u8>, RobotError> {
+        use safetensors::tensor::TensorView;
+        let f32s = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+        let i64s = |v: Vec<i64>| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+        let n = self.obs.len() / self.obs_dim.max(1);
+        let mut offsets = vec![0i64];
+        offsets.extend(self.episodes.iter().map(|e| e.end as i64));
+        let e = self.episodes.len();
+        let data: Vec<(&str, Dtype, Vec<usize>, Vec<u8>)> = vec![
+            ("obs", Dtype::F32, vec![n, self.obs_dim], f32s(&self.obs)),
+            ("actions", Dtype::F32, vec![n, self.act_dim], f32s(&self.actions)),
+            ("episode_offsets", Dtype::I64, vec![e + 1], i64s(offsets)),
+            ("episode_task", Dtype::I64, vec![e], i64s(self.episodes.iter().map(|x| x.task as i64).collect())),
+            ("episode_seed", Dtype::I64, vec![e], i64s(self.episodes.iter().map(|x| x.seed).collect())),
+            ("episode_success", Dtype::I64, vec![e], i64s(self.episodes.iter().map(|x| x.success as i64).collect())),
+        ];
+        let views = data
+            .iter()
+            .map(|(name, dt, shape, bytes)| {
+                TensorView::new(*dt, shape.clone(), bytes)
+                    .map(|v| (name.to_string(), v))
+                    .map_err(|e| RobotError::Config(format!("tensor `{name}`: {e}")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut md = std::collections::HashMap::new();
+        md.insert("format".to_string(), DEMOS_FORMAT.to_string());
+        md.insert(
+            "tasks".to_string(),
+            serde_json::to_string(&self.tasks).unwrap_or_default(),
+        );
+        md.insert("obs_dim".to_string(), self.obs_dim.to_string());
+        md.insert("act_dim".to_string(), self.act_dim.to_string());
+        safetensors::serialize(views, Some(md))
+            .map_err(|e| RobotError::Config(format!("serialising demonstrations: {e}")))
+    }
+
     /// Observation row `i`.
     pub fn obs_row(&self, i: usize) -> &[f32] {
         &self.obs[i * self.obs_dim..(i + 1) * self.obs_dim]

@@ -1,0 +1,337 @@
+//! Robot domain: demonstration files, a policy that learns a known mapping, and the policy node
+//! under good and bad clients.
+
+use std::path::Path;
+use std::time::Duration;
+
+use blockdiff_core::sample::CommitPolicy;
+use blockdiff_robot::client::{PolicyClient, Reply};
+use blockdiff_robot::data::{Demos, Episode};
+use blockdiff_robot::policy::{train, Observation, PolicyConfig, RobotPolicy, TokenizerKind};
+use blockdiff_robot::server::{spawn, ServeConfig};
+use blockdiff_robot::{wire, RobotError};
+use rand::{Rng, SeedableRng};
+use rmpv::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_tungstenite::tungstenite::Message;
+
+const H: usize = 4;
+const D: usize = 2;
+const OBS: usize = 3;
+
+/// A known policy: the action moves a point towards the task's goal, proportionally, clipped;
+/// the chunk continues the motion. Observation = (x, y, noise).
+fn expert(x: f32, y: f32, task: usize, t: usize) -> [f32; 2] {
+    let goal = if task == 0 { (0.5, 0.5) } else { (-0.5, 0.2) };
+    let decay = 0.8f32.powi(t as i32);
+    [
+        ((goal.0 - x) * 2.0 * decay).clamp(-1.0, 1.0),
+        ((goal.1 - y) * 2.0 * decay).clamp(-1.0, 1.0),
+    ]
+}
+
+/// Synthetic demonstrations of [`expert`]: one step per "episode" row, chunks read ahead within
+/// the episode, so the recorded action at row t is the expert's action for its observation.
+fn synthetic_demos(episodes: usize, len: usize, seed: u64) -> Demos {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut obs = Vec::new();
+    let mut actions = Vec::new();
+    let mut eps = Vec::new();
+    for e in 0..episodes {
+        let task = e % 2;
+        let start = obs.len() / OBS;
+        let (mut x, mut y) = (rng.random_range(-1.0..1.0f32), rng.random_range(-1.0..1.0f32));
+        for _ in 0..len {
+            obs.extend([x, y, rng.random_range(-0.1..0.1f32)]);
+            let a = expert(x, y, task, 0);
+            actions.extend(a);
+            x += 0.2 * a[0];
+            y += 0.2 * a[1];
+        }
+        eps.push(Episode {
+            start,
+            end: start + len,
+            task,
+            seed: e as i64,
+            success: true,
+        });
+    }
+    Demos {
+        tasks: vec!["goal-a".into(), "goal-b".into()],
+        obs_dim: OBS,
+        act_dim: D,
+        obs,
+        actions,
+        episodes: eps,
+    }
+}
+
+fn tiny_config(steps: usize) -> PolicyConfig {
+    PolicyConfig {
+        horizon: H,
+        bins: 64,
+        d_model: 48,
+        n_layers: 2,
+        n_heads: 4,
+        train_blocks: vec![1, 4, 8],
+        steps,
+        batch_size: 32,
+        lr: 3e-3,
+        block: 4,
+        policy: CommitPolicy::TopK { k: 4 },
+        ..PolicyConfig::default()
+    }
+}
+
+fn trained(dir: &Path, steps: usize) -> RobotPolicy {
+    let demos = synthetic_demos(60, 12, 1);
+    train(&demos, &tiny_config(steps), Some(dir), false).unwrap();
+    RobotPolicy::load(dir).unwrap()
+}
+
+#[test]
+fn demos_file_round_trip_and_malformed_files_are_typed_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let demos = synthetic_demos(4, 5, 2);
+    let bytes = demos.to_bytes().unwrap();
+    let path = dir.path().join("d.safetensors");
+    std::fs::write(&path, &bytes).unwrap();
+    assert_eq!(Demos::read(&path).unwrap(), demos);
+
+    let expect_format = |bytes: &[u8], needle: &str| match Demos::from_bytes(bytes, &path) {
+        Err(RobotError::Format { path: p, message }) => {
+            assert_eq!(p, path);
+            assert!(message.contains(needle), "{message:?} lacks {needle:?}");
+        }
+        other => panic!("expected a format error naming {needle:?}, got {other:?}"),
+    };
+    expect_format(&bytes[..bytes.len() / 2], "safetensors");
+    expect_format(b"garbage", "safetensors");
+    let mut bad = demos.clone();
+    bad.episodes[1].task = 7;
+    expect_format(&bad.to_bytes().unwrap(), "episode_task");
+    let mut bad = demos.clone();
+    bad.episodes[3].end -= 1; // offsets no longer end at N
+    expect_format(&bad.to_bytes().unwrap(), "episode_offsets");
+    let mut bad = demos.clone();
+    bad.obs[4] = f32::NAN;
+    expect_format(&bad.to_bytes().unwrap(), "not finite");
+    assert!(matches!(
+        Demos::read(&dir.path().join("missing.safetensors")),
+        Err(RobotError::Io { .. })
+    ));
+}
+
+#[test]
+fn policy_learns_a_known_mapping_and_cache_equals_recompute() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = trained(dir.path(), 1500);
+    let s = policy.settings().clone();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(9);
+    let obs: Vec<Observation> = (0..64)
+        .map(|i| Observation {
+            state: vec![rng.random_range(-1.0..1.0), rng.random_range(-1.0..1.0), 0.0],
+            task: i % 2,
+        })
+        .collect();
+    let sampler = policy.sampler(None);
+    let (chunks, stats) = policy.act(&obs, &sampler).unwrap();
+    eprintln!("batch of 64: {} model calls", stats.nfe);
+    // Error of the first action vs the expert, against predicting the data mean.
+    let mean: Vec<f32> = (0..D)
+        .map(|d| {
+            let demos = synthetic_demos(60, 12, 1);
+            let n = demos.actions.len() / D;
+            (0..n).map(|i| demos.actions[i * D + d]).sum::<f32>() / n as f32
+        })
+        .collect();
+    let (mut err, mut base) = (0.0, 0.0);
+    for (o, c) in obs.iter().zip(&chunks) {
+        let want = expert(o.state[0], o.state[1], o.task, 0);
+        for d in 0..D {
+            err += (c.action(0)[d] - want[d]).abs();
+            base += (mean[d] - want[d]).abs();
+        }
+    }
+    assert!(err < 0.35 * base, "policy error {err:.3} vs mean-prediction error {base:.3}");
+    // One request at a time, block decoding commits several tokens per model call.
+    let single: usize = obs[..8].iter().map(|o| policy.act(std::slice::from_ref(o), &sampler).unwrap().1.nfe).sum();
+    assert!(single < 8 * H * D / 2, "{single} model calls for 8 chunks of {} tokens", H * D);
+
+    // The KV cache (observation prefix encoded once) gives exactly the recompute result.
+    let mut no_cache = sampler.clone();
+    no_cache.use_cache = false;
+    let (ref_chunks, _) = policy.act(&obs[..8], &no_cache).unwrap();
+    assert_eq!(&chunks[..8], &ref_chunks[..]);
+    // AR mode of the same weights works too.
+    let (ar, ar_stats) = policy.act(&obs[..4], &policy.sampler(Some(1))).unwrap();
+    assert_eq!(ar.len(), 4);
+    assert_eq!(ar_stats.nfe, H * D);
+    assert_eq!(s.seq_len, H * D);
+    // Bad observations are typed errors, not panics.
+    let bad = Observation { state: vec![f32::NAN, 0.0, 0.0], task: 0 };
+    assert!(matches!(policy.act(&[bad], &sampler), Err(RobotError::Observation(_))));
+    let bad = Observation { state: vec![0.0; 3], task: 5 };
+    assert!(matches!(policy.act(&[bad], &sampler), Err(RobotError::Observation(_))));
+}
+
+#[test]
+fn fast_tokenizer_policy_trains_and_decodes() {
+    let dir = tempfile::tempdir().unwrap();
+    let demos = synthetic_demos(30, 10, 3);
+    let cfg = PolicyConfig {
+        tokenizer: TokenizerKind::Fast,
+        fast_vocab: 120,
+        train_blocks: vec![1, 4],
+        ..tiny_config(40)
+    };
+    train(&demos, &cfg, Some(dir.path()), false).unwrap();
+    let policy = RobotPolicy::load(dir.path()).unwrap();
+    let obs = Observation { state: vec![0.1, 0.2, 0.0], task: 1 };
+    let (chunks, _) = policy.act(&[obs], &policy.sampler(None)).unwrap();
+    assert_eq!((chunks[0].horizon, chunks[0].dim), (H, D));
+    assert!(chunks[0].values.iter().all(|v| v.is_finite()));
+}
+
+fn obs_frame(state: &[f32], prompt: &str) -> Vec<u8> {
+    wire::encode_observation(state, prompt)
+}
+
+fn map(entries: Vec<(&str, Value)>) -> Vec<u8> {
+    wire::write_frame(&Value::Map(
+        entries.into_iter().map(|(k, v)| (Value::from(k), v)).collect(),
+    ))
+}
+
+fn raw_array(dtype: &str, shape: &[u64], data: Vec<u8>) -> Value {
+    Value::Map(vec![
+        (Value::Binary(b"__ndarray__".to_vec()), Value::Boolean(true)),
+        (Value::Binary(b"data".to_vec()), Value::Binary(data)),
+        (Value::Binary(b"dtype".to_vec()), Value::from(dtype)),
+        (
+            Value::Binary(b"shape".to_vec()),
+            Value::Array(shape.iter().map(|&d| Value::from(d)).collect()),
+        ),
+    ])
+}
+
+#[test]
+fn node_serves_batches_and_survives_bad_input() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = trained(dir.path(), 30);
+    let handle = spawn(policy, "127.0.0.1:0", ServeConfig {
+        max_frame_bytes: 4096,
+        ..ServeConfig::default()
+    })
+    .unwrap();
+    let addr = handle.addr;
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async move {
+        // Health check over plain HTTP on the same port.
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+        let mut resp = String::new();
+        s.read_to_string(&mut resp).await.unwrap();
+        assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+
+        let mut c = PolicyClient::connect(addr).await.unwrap();
+        let Value::Map(meta) = &c.metadata else { panic!("metadata is not a map") };
+        let get = |k: &str| meta.iter().find(|(kk, _)| kk.as_str() == Some(k)).map(|(_, v)| v.clone());
+        assert_eq!(get("action_horizon").and_then(|v| v.as_u64()), Some(H as u64));
+        assert_eq!(get("action_dim").and_then(|v| v.as_u64()), Some(D as u64));
+
+        let good = obs_frame(&[0.1, -0.3, 0.0], "goal-a");
+        let check_good = |r: Reply| match r {
+            Reply::Frame(f) => {
+                let a = wire::decode_actions(&f).unwrap();
+                assert_eq!(a.shape, vec![H, D]);
+                assert_eq!(a.dtype, "<f4");
+            }
+            Reply::Error(e) => panic!("good request refused: {e}"),
+        };
+        check_good(c.send(Message::binary(good.clone())).await.unwrap());
+
+        let f64_state: Vec<u8> = [0.1f64, 0.2, 0.3].iter().flat_map(|v| v.to_le_bytes()).collect();
+        let bad_frames: Vec<(Message, &str)> = vec![
+            (Message::binary(b"\xc1\xff garbage".to_vec()), "msgpack"),
+            (Message::binary(map(vec![("prompt", Value::from("goal-a"))])), "state"),
+            (Message::binary(obs_frame(&[0.1, 0.2], "goal-a")), "shape"),
+            (Message::binary(obs_frame(&[0.1, f32::NAN, 0.0], "goal-a")), "NaN"),
+            (Message::binary(obs_frame(&[0.1, f32::INFINITY, 0.0], "goal-a")), "NaN or infinite"),
+            (Message::binary(obs_frame(&[0.1, 0.2, 0.0], "no-such-task")), "unknown task"),
+            (Message::binary(map(vec![("state", raw_array("<u2", &[3], vec![0; 6])), ("prompt", Value::from("goal-a"))])), "dtype"),
+            (Message::binary(map(vec![("state", raw_array("<f4", &[3], vec![0; 5])), ("prompt", Value::from("goal-a"))])), "bytes"),
+            (Message::binary(map(vec![("state", raw_array("<f4", &[u64::MAX, 4], vec![0; 12])), ("prompt", Value::from("goal-a"))])), "overflow"),
+            (Message::binary(vec![0x92; 10_000]), "exceeds"),
+            (Message::text("hello"), "binary"),
+            (Message::binary(map(vec![("state", Value::Array(vec![Value::from("a")])), ("prompt", Value::from("goal-a"))])), "numbers"),
+            (Message::binary(vec![0x91; 64]), "msgpack"), // nested arrays beyond the depth limit
+        ];
+        for (msg, needle) in bad_frames {
+            match c.send(msg).await.unwrap() {
+                Reply::Error(e) => assert!(e.contains(needle), "error {e:?} lacks {needle:?}"),
+                Reply::Frame(_) => panic!("bad frame ({needle}) was answered with actions"),
+            }
+            // The same connection keeps serving.
+            check_good(c.send(Message::binary(good.clone())).await.unwrap());
+        }
+        // float64 state (numpy's default dtype) is accepted, as is a task index.
+        let f64_frame = map(vec![("state", raw_array("<f8", &[3], f64_state)), ("task", Value::from(1))]);
+        check_good(c.send(Message::binary(f64_frame)).await.unwrap());
+
+        // Garbage instead of a websocket handshake: that connection is dropped, the node lives.
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"\x00\x01\x02 not http\r\n\r\n").await.unwrap();
+        let mut sink = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut sink)).await;
+
+        // Concurrent clients: all answered, and at least one batch held several requests.
+        let mut tasks = Vec::new();
+        for i in 0..8 {
+            tasks.push(tokio::spawn(async move {
+                let mut c = PolicyClient::connect(addr).await.unwrap();
+                let mut max_batch = 0.0f64;
+                for j in 0..20 {
+                    let r = c.infer(&[0.01 * (i + j) as f32, 0.2, 0.0], "goal-b").await.unwrap();
+                    let Reply::Frame(f) = r else { panic!("refused: {r:?}") };
+                    let Value::Map(m) = wire::read_frame(&f).unwrap() else { panic!() };
+                    let timing = m.iter().find(|(k, _)| k.as_str() == Some("server_timing")).unwrap().1.clone();
+                    let Value::Map(t) = timing else { panic!() };
+                    let b = t.iter().find(|(k, _)| k.as_str() == Some("batch")).unwrap().1.as_f64().unwrap();
+                    max_batch = max_batch.max(b);
+                }
+                max_batch
+            }));
+        }
+        let mut biggest = 0.0f64;
+        for t in tasks {
+            biggest = biggest.max(t.await.unwrap());
+        }
+        assert!(biggest > 1.0, "8 concurrent clients never shared a batch");
+        check_good(c.send(Message::binary(good)).await.unwrap());
+    });
+    handle.stop();
+}
+
+#[test]
+fn deadline_passed_is_an_error_reply() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = trained(dir.path(), 5);
+    // A zero deadline: every request is too late by the time the model would run it.
+    let handle = spawn(policy, "127.0.0.1:0", ServeConfig {
+        deadline_ms: 0,
+        ..ServeConfig::default()
+    })
+    .unwrap();
+    let addr = handle.addr;
+    tokio::runtime::Runtime::new().unwrap().block_on(async move {
+        let mut c = PolicyClient::connect(addr).await.unwrap();
+        for _ in 0..3 {
+            match c.infer(&[0.0, 0.0, 0.0], "goal-a").await.unwrap() {
+                Reply::Error(e) => assert!(e.contains("deadline"), "{e}"),
+                Reply::Frame(_) => panic!("a request past its deadline was run"),
+            }
+        }
+    });
+    handle.stop();
+}
