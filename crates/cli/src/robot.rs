@@ -106,6 +106,9 @@ pub struct NodeArgs {
     /// Serving block size (default: the checkpoint's; 1 = autoregressive mode).
     #[arg(long)]
     block: Option<usize>,
+    /// Tokens committed per model call (default: the checkpoint's commit rule).
+    #[arg(long)]
+    per_step: Option<usize>,
 }
 
 impl NodeArgs {
@@ -116,6 +119,7 @@ impl NodeArgs {
             deadline_ms: self.deadline_ms,
             max_frame_bytes: self.max_frame_bytes,
             block: self.block,
+            per_step: self.per_step,
         }
     }
 }
@@ -378,7 +382,7 @@ fn bench(ckpt: &Path, d: &Demos, requests: usize) -> Result<Vec<BenchRow>> {
     let mut rows = Vec::new();
     for (mode, b) in [("block", block), ("ar", 1)] {
         let p = RobotPolicy::load(ckpt)?;
-        let sampler = p.sampler(Some(b));
+        let sampler = p.sampler(Some(b), None);
         let sample_obs: Vec<_> = obs
             .iter()
             .take(16)

@@ -156,7 +156,9 @@ impl Default for PolicyConfig {
             lr: 1e-3,
             seed: 0,
             block: 8,
-            policy: CommitPolicy::Threshold { tau: 0.9 },
+            // Bins of a continuous value spread probability over neighbouring bins, so a
+            // confidence threshold rarely fires; a fixed count per call is the robust choice.
+            policy: CommitPolicy::TopK { k: 4 },
             temperature: 0.0,
         }
     }
@@ -430,16 +432,17 @@ impl RobotPolicy {
     }
 
     /// The serving sampler: the configured block and commit policy, or `block` = 1 for the
-    /// autoregressive mode of the same weights.
-    pub fn sampler(&self, block: Option<usize>) -> SamplerConfig {
+    /// autoregressive mode of the same weights; `per_step` replaces the commit policy by a
+    /// fixed number of tokens per model call.
+    pub fn sampler(&self, block: Option<usize>, per_step: Option<usize>) -> SamplerConfig {
         let c = &self.settings.config;
         let block = block.unwrap_or(c.block);
         SamplerConfig {
             block_size: block,
-            policy: if block == 1 {
-                CommitPolicy::TopK { k: 1 }
-            } else {
-                c.policy.clone()
+            policy: match (block, per_step) {
+                (1, _) => CommitPolicy::TopK { k: 1 },
+                (_, Some(k)) => CommitPolicy::TopK { k: k.max(1) },
+                _ => c.policy.clone(),
             },
             temperature: c.temperature,
             max_len: self.settings.seq_len,

@@ -48,6 +48,8 @@ pub struct ServeConfig {
     pub max_frame_bytes: usize,
     /// Serving block size (`None` = the policy's; 1 = autoregressive mode).
     pub block: Option<usize>,
+    /// Tokens committed per model call (`None` = the policy's commit rule).
+    pub per_step: Option<usize>,
 }
 
 impl Default for ServeConfig {
@@ -58,6 +60,7 @@ impl Default for ServeConfig {
             deadline_ms: 1000,
             max_frame_bytes: 1 << 20,
             block: None,
+            per_step: None,
         }
     }
 }
@@ -126,6 +129,7 @@ pub fn metadata(settings: &RobotSettings, cfg: &ServeConfig, block: usize) -> se
         "prompt_key": "prompt",
         "tokenizer": match settings.tokenizer { crate::policy::ActionTokenizer::Bins(_) => "bins", crate::policy::ActionTokenizer::Fast(_) => "fast" },
         "block": block,
+        "tokens_per_step": cfg.per_step,
         "max_batch": cfg.max_batch,
         "queue": cfg.queue,
         "deadline_ms": cfg.deadline_ms,
@@ -147,7 +151,7 @@ pub fn spawn(policy: RobotPolicy, addr: &str, cfg: ServeConfig) -> Result<Server
     let local = std_listener
         .local_addr()
         .map_err(|e| RobotError::Server(e.to_string()))?;
-    let sampler = policy.sampler(cfg.block);
+    let sampler = policy.sampler(cfg.block, cfg.per_step);
     let settings = policy.settings().clone();
     let meta = wire::write_frame(&wire::json_to_value(&metadata(&settings, &cfg, sampler.block_size)));
     let (tx, rx) = mpsc::channel::<Job>(cfg.queue);

@@ -134,7 +134,7 @@ fn policy_learns_a_known_mapping_and_cache_equals_recompute() {
             task: i % 2,
         })
         .collect();
-    let sampler = policy.sampler(None);
+    let sampler = policy.sampler(None, None);
     let (chunks, stats) = policy.act(&obs, &sampler).unwrap();
     eprintln!("batch of 64: {} model calls", stats.nfe);
     // Error of the first action vs the expert, against predicting the data mean.
@@ -164,7 +164,7 @@ fn policy_learns_a_known_mapping_and_cache_equals_recompute() {
     let (ref_chunks, _) = policy.act(&obs[..8], &no_cache).unwrap();
     assert_eq!(&chunks[..8], &ref_chunks[..]);
     // AR mode of the same weights works too.
-    let (ar, ar_stats) = policy.act(&obs[..4], &policy.sampler(Some(1))).unwrap();
+    let (ar, ar_stats) = policy.act(&obs[..4], &policy.sampler(Some(1), None)).unwrap();
     assert_eq!(ar.len(), 4);
     assert_eq!(ar_stats.nfe, H * D);
     assert_eq!(s.seq_len, H * D);
@@ -188,7 +188,7 @@ fn fast_tokenizer_policy_trains_and_decodes() {
     train(&demos, &cfg, Some(dir.path()), false).unwrap();
     let policy = RobotPolicy::load(dir.path()).unwrap();
     let obs = Observation { state: vec![0.1, 0.2, 0.0], task: 1 };
-    let (chunks, _) = policy.act(&[obs], &policy.sampler(None)).unwrap();
+    let (chunks, _) = policy.act(&[obs], &policy.sampler(None, None)).unwrap();
     assert_eq!((chunks[0].horizon, chunks[0].dim), (H, D));
     assert!(chunks[0].values.iter().all(|v| v.is_finite()));
 }
