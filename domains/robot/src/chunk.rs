@@ -51,7 +51,7 @@ pub struct ActionStats {
 impl ActionStats {
     /// Percentiles of `actions` (`n × dim`, row-major).
     pub fn fit(actions: &[f32], dim: usize) -> Result<Self, RobotError> {
-        if dim == 0 || actions.is_empty() || actions.len() % dim != 0 {
+        if dim == 0 || actions.is_empty() || !actions.len().is_multiple_of(dim) {
             return Err(RobotError::Config(format!(
                 "cannot fit action statistics on {} values of dimension {dim}",
                 actions.len()

@@ -65,10 +65,13 @@ impl Default for ServeConfig {
     }
 }
 
+/// Server-side timings of one answer (name, milliseconds or count).
+type Timing = Vec<(&'static str, f64)>;
+
 struct Job {
     obs: Observation,
     enqueued: Instant,
-    reply: oneshot::Sender<Result<(ActionChunk, Vec<(&'static str, f64)>), String>>,
+    reply: oneshot::Sender<Result<(ActionChunk, Timing), String>>,
 }
 
 struct Shared {
