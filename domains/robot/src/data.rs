@@ -253,7 +253,7 @@ impl Demos {
         v
     }
 
-    /// Episodes kept for training: successful ones of the given tasks (all tasks if empty).
+    /// Episodes kept for training: those where the expert succeeded.
     pub fn successful(&self) -> impl Iterator<Item = &Episode> {
         self.episodes.iter().filter(|e| e.success)
     }

@@ -287,7 +287,17 @@ async fn handle_connection(mut stream: TcpStream, shared: Arc<Shared>) -> Result
         .await
         .map_err(|e| e.to_string())?;
     while let Some(msg) = rx.next().await {
-        let reply = match msg.map_err(|e| e.to_string())? {
+        let msg = match msg {
+            Ok(m) => m,
+            Err(e) => {
+                // A frame beyond the websocket limit (or a protocol violation) leaves the stream
+                // unusable: say why, then close this connection only.
+                let _ = tx.send(Message::text(format!("closing the connection: {e}"))).await;
+                let _ = tx.close().await;
+                return Err(e.to_string());
+            }
+        };
+        let reply = match msg {
             Message::Binary(b) => match infer(&b, &shared).await {
                 Ok(frame) => Message::binary(frame),
                 Err(e) => Message::text(e),

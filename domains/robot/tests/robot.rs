@@ -279,6 +279,15 @@ fn node_serves_batches_and_survives_bad_input() {
         let f64_frame = map(vec![("state", raw_array("<f8", &[3], f64_state)), ("task", Value::from(1))]);
         check_good(c.send(Message::binary(f64_frame)).await.unwrap());
 
+        // A frame beyond the websocket layer's limit (16× max_frame_bytes, at least 1 MiB):
+        // that connection is told why and closed; the node keeps serving everyone else.
+        let mut big = PolicyClient::connect(addr).await.unwrap();
+        match big.send(Message::binary(vec![0u8; 3 << 20])).await {
+            Ok(Reply::Error(e)) => assert!(e.contains("closing"), "{e}"),
+            Ok(Reply::Frame(_)) => panic!("a 3 MiB frame was answered with actions"),
+            Err(_) => {} // closed before the reason arrived
+        }
+
         // Garbage instead of a websocket handshake: that connection is dropped, the node lives.
         let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
         s.write_all(b"\x00\x01\x02 not http\r\n\r\n").await.unwrap();
