@@ -42,13 +42,13 @@ pub struct TrainArgs {
     #[arg(long, default_value_t = 64)]
     batch: usize,
     /// Peak learning rate.
-    #[arg(long, default_value_t = 1e-3)]
+    #[arg(long, default_value_t = 3e-3)]
     lr: f64,
     /// Model width.
-    #[arg(long, default_value_t = 128)]
+    #[arg(long, default_value_t = 64)]
     d_model: usize,
     /// Transformer layers.
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 2)]
     layers: usize,
     /// Serving block size (tokens); must divide H × D for the bins tokenizer.
     #[arg(long, default_value_t = 8)]
@@ -185,7 +185,7 @@ pub enum RobotCommand {
         #[arg(long, default_value_t = 500)]
         max_steps: usize,
         /// Actions executed from each chunk before asking for a new one.
-        #[arg(long, default_value_t = 5)]
+        #[arg(long, default_value_t = 2)]
         replan: usize,
         /// Temporal ensembling weight (0 = off; >0 queries every step, as ACT).
         #[arg(long, default_value_t = 0.0)]
