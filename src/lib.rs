@@ -4,5 +4,5 @@
 
 pub use blockdiff_core as core;
 pub use blockdiff_dag as dag;
-pub use blockdiff_traj as traj;
 pub use blockdiff_robot as robot;
+pub use blockdiff_traj as traj;

@@ -173,7 +173,10 @@ pub enum RobotCommand {
         #[arg(long, default_value = "out/robot")]
         out: PathBuf,
         /// Tasks: MT10 or a comma list of MetaWorld names.
-        #[arg(long, default_value = "reach-v3,push-v3,drawer-close-v3,button-press-topdown-v3")]
+        #[arg(
+            long,
+            default_value = "reach-v3,push-v3,drawer-close-v3,button-press-topdown-v3"
+        )]
         tasks: String,
         /// Demonstrations per task.
         #[arg(long, default_value_t = 50)]
@@ -206,7 +209,11 @@ pub enum RobotCommand {
 
 pub fn run(cmd: RobotCommand) -> Result<()> {
     match cmd {
-        RobotCommand::Train { demos, out, train: t } => {
+        RobotCommand::Train {
+            demos,
+            out,
+            train: t,
+        } => {
             let d = Demos::read(&demos)?;
             train_policy(&d, &t, &out)?;
             Ok(())
@@ -219,7 +226,10 @@ pub fn run(cmd: RobotCommand) -> Result<()> {
         } => {
             let policy = RobotPolicy::load(&checkpoint)?;
             let handle = spawn(policy, &format!("{host}:{port}"), node.config())?;
-            eprintln!("policy node on ws://{} (GET /healthz for health)", handle.addr);
+            eprintln!(
+                "policy node on ws://{} (GET /healthz for health)",
+                handle.addr
+            );
             println!("{}", handle.addr.port());
             handle.join();
             Ok(())
@@ -259,10 +269,14 @@ pub fn run(cmd: RobotCommand) -> Result<()> {
                 &python,
                 &scripts.join("record.py"),
                 &[
-                    "--tasks", &tasks,
-                    "--episodes", &episodes.to_string(),
-                    "--seed", &t.seed.to_string(),
-                    "--out", path_str(&demos_path)?,
+                    "--tasks",
+                    &tasks,
+                    "--episodes",
+                    &episodes.to_string(),
+                    "--seed",
+                    &t.seed.to_string(),
+                    "--out",
+                    path_str(&demos_path)?,
                 ],
             )?;
             let d = Demos::read(&demos_path)?;
@@ -270,21 +284,33 @@ pub fn run(cmd: RobotCommand) -> Result<()> {
             train_policy(&d, &t, &ckpt)?;
             let policy = RobotPolicy::load(&ckpt)?;
             let handle = spawn(policy, "127.0.0.1:0", ServeConfig::default())?;
-            eprintln!("policy node on ws://{}; evaluating through openpi-client...", handle.addr);
+            eprintln!(
+                "policy node on ws://{}; evaluating through openpi-client...",
+                handle.addr
+            );
             let eval_path = out.join("eval.json");
             python_script(
                 &python,
                 &scripts.join("eval.py"),
                 &[
-                    "--host", "127.0.0.1",
-                    "--port", &handle.addr.port().to_string(),
-                    "--tasks", &tasks,
-                    "--episodes", &eval_episodes.to_string(),
-                    "--seed", &t.seed.to_string(),
-                    "--max-steps", &max_steps.to_string(),
-                    "--replan", &replan.to_string(),
-                    "--ensemble", &ensemble.to_string(),
-                    "--out", path_str(&eval_path)?,
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    &handle.addr.port().to_string(),
+                    "--tasks",
+                    &tasks,
+                    "--episodes",
+                    &eval_episodes.to_string(),
+                    "--seed",
+                    &t.seed.to_string(),
+                    "--max-steps",
+                    &max_steps.to_string(),
+                    "--replan",
+                    &replan.to_string(),
+                    "--ensemble",
+                    &ensemble.to_string(),
+                    "--out",
+                    path_str(&eval_path)?,
                 ],
             )?;
             handle.stop();
@@ -311,8 +337,11 @@ pub fn run(cmd: RobotCommand) -> Result<()> {
             checkpoint::write_json(&path, &results)?;
             eprintln!(
                 "average success {} | latency p50/p95/p99 {} / {} / {} ms -> {}",
-                results["success"], results["latency_ms"]["p50"], results["latency_ms"]["p95"],
-                results["latency_ms"]["p99"], path.display()
+                results["success"],
+                results["latency_ms"]["p50"],
+                results["latency_ms"]["p95"],
+                results["latency_ms"]["p99"],
+                path.display()
             );
             Ok(())
         }
@@ -325,7 +354,10 @@ fn path_str(p: &Path) -> Result<&str> {
 
 fn python_script(python: &str, script: &Path, args: &[&str]) -> Result<()> {
     if !script.exists() {
-        bail!("{} not found (run from the repository root or pass --scripts)", script.display());
+        bail!(
+            "{} not found (run from the repository root or pass --scripts)",
+            script.display()
+        );
     }
     let status = Command::new(python)
         .arg(script)

@@ -89,7 +89,10 @@ impl Tokenizer for QuantileBinTokenizer {
             .values
             .iter()
             .enumerate()
-            .map(|(i, &v)| self.vocab.regular_id(self.bin(self.stats.normalize(i % d, v))))
+            .map(|(i, &v)| {
+                self.vocab
+                    .regular_id(self.bin(self.stats.normalize(i % d, v)))
+            })
             .collect())
     }
 

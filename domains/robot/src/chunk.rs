@@ -58,9 +58,7 @@ impl ActionStats {
             )));
         }
         if actions.iter().any(|v| !v.is_finite()) {
-            return Err(RobotError::Config(
-                "actions contain NaN or infinity".into(),
-            ));
+            return Err(RobotError::Config("actions contain NaN or infinity".into()));
         }
         let n = actions.len() / dim;
         let mut q01 = Vec::with_capacity(dim);

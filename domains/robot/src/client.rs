@@ -42,7 +42,11 @@ impl PolicyClient {
             .map_err(server_err)?;
         let metadata = match ws.next().await {
             Some(Ok(Message::Binary(b))) => wire::read_frame(&b).map_err(RobotError::Server)?,
-            other => return Err(server_err(format!("expected a metadata frame, got {other:?}"))),
+            other => {
+                return Err(server_err(format!(
+                    "expected a metadata frame, got {other:?}"
+                )))
+            }
         };
         Ok(Self { ws, metadata })
     }
@@ -110,7 +114,9 @@ pub fn latency_bench(
     warmup: usize,
 ) -> Result<LatencyReport, RobotError> {
     if observations.is_empty() || clients == 0 {
-        return Err(RobotError::Config("latency bench needs observations and clients".into()));
+        return Err(RobotError::Config(
+            "latency bench needs observations and clients".into(),
+        ));
     }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)

@@ -49,12 +49,19 @@ pub struct Demos {
     pub episodes: Vec<Episode>,
 }
 
-fn tensor_f32(st: &SafeTensors<'_>, name: &str, fail: &dyn Fn(String) -> RobotError) -> Result<(Vec<f32>, Vec<usize>), RobotError> {
+fn tensor_f32(
+    st: &SafeTensors<'_>,
+    name: &str,
+    fail: &dyn Fn(String) -> RobotError,
+) -> Result<(Vec<f32>, Vec<usize>), RobotError> {
     let t = st
         .tensor(name)
         .map_err(|_| fail(format!("tensor `{name}` missing")))?;
     if t.dtype() != Dtype::F32 {
-        return Err(fail(format!("tensor `{name}` is {:?}, expected F32", t.dtype())));
+        return Err(fail(format!(
+            "tensor `{name}` is {:?}, expected F32",
+            t.dtype()
+        )));
     }
     let v: Vec<f32> = t
         .data()
@@ -67,12 +74,19 @@ fn tensor_f32(st: &SafeTensors<'_>, name: &str, fail: &dyn Fn(String) -> RobotEr
     Ok((v, t.shape().to_vec()))
 }
 
-fn tensor_i64(st: &SafeTensors<'_>, name: &str, fail: &dyn Fn(String) -> RobotError) -> Result<(Vec<i64>, Vec<usize>), RobotError> {
+fn tensor_i64(
+    st: &SafeTensors<'_>,
+    name: &str,
+    fail: &dyn Fn(String) -> RobotError,
+) -> Result<(Vec<i64>, Vec<usize>), RobotError> {
     let t = st
         .tensor(name)
         .map_err(|_| fail(format!("tensor `{name}` missing")))?;
     if t.dtype() != Dtype::I64 {
-        return Err(fail(format!("tensor `{name}` is {:?}, expected I64", t.dtype())));
+        return Err(fail(format!(
+            "tensor `{name}` is {:?}, expected I64",
+            t.dtype()
+        )));
     }
     let v = t
         .data()
@@ -131,7 +145,9 @@ impl Demos {
         }
         let (n, obs_dim, act_dim) = (obs_shape[0], obs_shape[1], act_shape[1]);
         if obs_dim == 0 || act_dim == 0 || n == 0 {
-            return Err(fail(format!("empty demonstrations ({n} steps, obs_dim {obs_dim}, act_dim {act_dim})")));
+            return Err(fail(format!(
+                "empty demonstrations ({n} steps, obs_dim {obs_dim}, act_dim {act_dim})"
+            )));
         }
         let (offsets, _) = tensor_i64(&st, "episode_offsets", &fail)?;
         let (task, _) = tensor_i64(&st, "episode_task", &fail)?;
@@ -156,7 +172,9 @@ impl Demos {
         let mut episodes = Vec::with_capacity(e);
         for i in 0..e {
             if offsets[i + 1] <= offsets[i] {
-                return Err(fail(format!("`episode_offsets` not increasing at episode {i}")));
+                return Err(fail(format!(
+                    "`episode_offsets` not increasing at episode {i}"
+                )));
             }
             if task[i] < 0 || task[i] as usize >= tasks.len() {
                 return Err(fail(format!(
@@ -195,11 +213,31 @@ impl Demos {
         let e = self.episodes.len();
         let data: Vec<(&str, Dtype, Vec<usize>, Vec<u8>)> = vec![
             ("obs", Dtype::F32, vec![n, self.obs_dim], f32s(&self.obs)),
-            ("actions", Dtype::F32, vec![n, self.act_dim], f32s(&self.actions)),
+            (
+                "actions",
+                Dtype::F32,
+                vec![n, self.act_dim],
+                f32s(&self.actions),
+            ),
             ("episode_offsets", Dtype::I64, vec![e + 1], i64s(offsets)),
-            ("episode_task", Dtype::I64, vec![e], i64s(self.episodes.iter().map(|x| x.task as i64).collect())),
-            ("episode_seed", Dtype::I64, vec![e], i64s(self.episodes.iter().map(|x| x.seed).collect())),
-            ("episode_success", Dtype::I64, vec![e], i64s(self.episodes.iter().map(|x| x.success as i64).collect())),
+            (
+                "episode_task",
+                Dtype::I64,
+                vec![e],
+                i64s(self.episodes.iter().map(|x| x.task as i64).collect()),
+            ),
+            (
+                "episode_seed",
+                Dtype::I64,
+                vec![e],
+                i64s(self.episodes.iter().map(|x| x.seed).collect()),
+            ),
+            (
+                "episode_success",
+                Dtype::I64,
+                vec![e],
+                i64s(self.episodes.iter().map(|x| x.success as i64).collect()),
+            ),
         ];
         let views = data
             .iter()

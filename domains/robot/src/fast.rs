@@ -261,13 +261,15 @@ fn merge_pair(s: &mut Vec<u32>, pair: (u32, u32), new: u32) {
 /// Orthonormal DCT-II coefficient `k` of `x`.
 fn dct_coefficient(x: &[f32], k: usize) -> f32 {
     let n = x.len() as f32;
-    let s = if k == 0 { (1.0 / n).sqrt() } else { (2.0 / n).sqrt() };
+    let s = if k == 0 {
+        (1.0 / n).sqrt()
+    } else {
+        (2.0 / n).sqrt()
+    };
     let sum: f32 = x
         .iter()
         .enumerate()
-        .map(|(t, &v)| {
-            v * (std::f32::consts::PI * (t as f32 + 0.5) * k as f32 / n).cos()
-        })
+        .map(|(t, &v)| v * (std::f32::consts::PI * (t as f32 + 0.5) * k as f32 / n).cos())
         .sum();
     s * sum
 }
@@ -278,7 +280,11 @@ fn inverse_dct(c: &[f32], t: usize) -> f32 {
     c.iter()
         .enumerate()
         .map(|(k, &v)| {
-            let s = if k == 0 { (1.0 / n).sqrt() } else { (2.0 / n).sqrt() };
+            let s = if k == 0 {
+                (1.0 / n).sqrt()
+            } else {
+                (2.0 / n).sqrt()
+            };
             s * v * (std::f32::consts::PI * (t as f32 + 0.5) * k as f32 / n).cos()
         })
         .sum()
@@ -302,7 +308,9 @@ impl Tokenizer for FastTokenizer {
             let Some((rank, pair)) = best else { break };
             merge_pair(&mut s, pair, self.n_base() as u32 + rank);
         }
-        Ok(s.iter().map(|&x| self.vocab.regular_id(x as usize)).collect())
+        Ok(s.iter()
+            .map(|&x| self.vocab.regular_id(x as usize))
+            .collect())
     }
 
     fn decode(&self, ids: &[u32]) -> Result<ActionChunk, TokenizerError> {
@@ -333,7 +341,13 @@ mod tests {
         (0..n)
             .map(|_| {
                 let params: Vec<(f32, f32, f32)> = (0..4)
-                    .map(|_| (rng.random_range(-0.8..0.8), rng.random_range(0.0..0.4), rng.random_range(0.0..3.0)))
+                    .map(|_| {
+                        (
+                            rng.random_range(-0.8..0.8),
+                            rng.random_range(0.0..0.4),
+                            rng.random_range(0.0..3.0),
+                        )
+                    })
                     .collect();
                 let values = (0..h)
                     .flat_map(|t| {
@@ -370,10 +384,15 @@ mod tests {
     #[test]
     fn round_trip_is_lossless_up_to_rounding_and_compresses() {
         let train = chunks(600, 10, 1);
-        let tok = FastTokenizer::train(stats(), 10, &train, &FastConfig {
-            vocab_size: 300,
-            ..FastConfig::default()
-        })
+        let tok = FastTokenizer::train(
+            stats(),
+            10,
+            &train,
+            &FastConfig {
+                vocab_size: 300,
+                ..FastConfig::default()
+            },
+        )
         .unwrap();
         assert!(tok.merges.len() > 50, "learned {} merges", tok.merges.len());
         assert!(tok.vocab().n_regular() <= 300);
@@ -390,15 +409,23 @@ mod tests {
             assert_eq!(tok.expand(&ids).unwrap(), tok.symbols(&c).unwrap());
         }
         let mean = total as f64 / 200.0;
-        assert!(mean < 40.0 * 0.6, "FAST should compress 40 values, got {mean} tokens");
+        assert!(
+            mean < 40.0 * 0.6,
+            "FAST should compress 40 values, got {mean} tokens"
+        );
     }
 
     #[test]
     fn serde_round_trip_and_malformed_tokens() {
-        let tok = FastTokenizer::train(stats(), 10, &chunks(100, 10, 3), &FastConfig {
-            vocab_size: 150,
-            ..FastConfig::default()
-        })
+        let tok = FastTokenizer::train(
+            stats(),
+            10,
+            &chunks(100, 10, 3),
+            &FastConfig {
+                vocab_size: 150,
+                ..FastConfig::default()
+            },
+        )
         .unwrap();
         let mut back: FastTokenizer = serde_json::from_value(tok.metadata()).unwrap();
         back.rebuild();

@@ -83,7 +83,11 @@ pub struct ChunkConstraint {
 
 impl Constraint for ChunkConstraint {
     fn restrict(&self, _seq: &[u32], _pos: usize, allowed: &mut [bool]) {
-        for (id, a) in allowed.iter_mut().enumerate().take(self.regular_offset as usize) {
+        for (id, a) in allowed
+            .iter_mut()
+            .enumerate()
+            .take(self.regular_offset as usize)
+        {
             let end = id as u32 == EOS || id as u32 == PAD;
             if !(self.allow_end && end) {
                 *a = false;
@@ -212,7 +216,9 @@ impl RobotSettings {
             )));
         }
         if let Some(i) = obs.state.iter().position(|v| !v.is_finite()) {
-            return Err(RobotError::Observation(format!("state value {i} is NaN or infinite")));
+            return Err(RobotError::Observation(format!(
+                "state value {i} is NaN or infinite"
+            )));
         }
         if obs.task >= self.tasks.len() {
             return Err(RobotError::Observation(format!(
@@ -258,14 +264,23 @@ pub fn prepare(
     }
     let episodes: Vec<_> = demos.successful().cloned().collect();
     if episodes.is_empty() {
-        return Err(RobotError::Config("no successful demonstrations to learn from".into()));
+        return Err(RobotError::Config(
+            "no successful demonstrations to learn from".into(),
+        ));
     }
     let rows: Vec<usize> = episodes.iter().flat_map(|e| e.start..e.end).collect();
     let acts: Vec<f32> = rows
         .iter()
-        .flat_map(|&r| demos.actions[r * demos.act_dim..(r + 1) * demos.act_dim].iter().copied())
+        .flat_map(|&r| {
+            demos.actions[r * demos.act_dim..(r + 1) * demos.act_dim]
+                .iter()
+                .copied()
+        })
         .collect();
-    let obs: Vec<f32> = rows.iter().flat_map(|&r| demos.obs_row(r).iter().copied()).collect();
+    let obs: Vec<f32> = rows
+        .iter()
+        .flat_map(|&r| demos.obs_row(r).iter().copied())
+        .collect();
     let stats = ActionStats::fit(&acts, demos.act_dim)?;
     let obs_norm = ObsNormalizer::fit(&obs, demos.obs_dim);
     let chunks: Vec<(usize, usize, ActionChunk)> = episodes
@@ -279,19 +294,32 @@ pub fn prepare(
         }
         TokenizerKind::Fast => {
             let cs: Vec<ActionChunk> = chunks.iter().map(|c| c.2.clone()).collect();
-            ActionTokenizer::Fast(FastTokenizer::train(stats, cfg.horizon, &cs, &FastConfig {
-                vocab_size: cfg.fast_vocab,
-                ..FastConfig::default()
-            })?)
+            ActionTokenizer::Fast(FastTokenizer::train(
+                stats,
+                cfg.horizon,
+                &cs,
+                &FastConfig {
+                    vocab_size: cfg.fast_vocab,
+                    ..FastConfig::default()
+                },
+            )?)
         }
     };
     let encoded: Vec<Vec<u32>> = chunks
         .iter()
         .map(|(_, _, c)| tokenizer.encode(c))
         .collect::<Result<_, _>>()?;
-    let lcm = cfg.train_blocks.iter().chain([&cfg.block]).fold(1, |a, &b| lcm(a, b.max(1)));
+    let lcm = cfg
+        .train_blocks
+        .iter()
+        .chain([&cfg.block])
+        .fold(1, |a, &b| lcm(a, b.max(1)));
     let longest = encoded.iter().map(Vec::len).max().unwrap_or(0);
-    let need = if tokenizer.variable_length() { longest + 1 } else { longest };
+    let need = if tokenizer.variable_length() {
+        longest + 1
+    } else {
+        longest
+    };
     let seq_len = need.div_ceil(lcm) * lcm;
     let mut settings = RobotSettings {
         config: cfg.clone(),
@@ -471,11 +499,22 @@ impl RobotPolicy {
             allow_end: self.settings.tokenizer.variable_length(),
             regular_offset: blockdiff_core::tokenizer::NUM_CORE_SPECIALS,
         };
-        let out = sample(&self.model, &self.model_cfg, &conds, &constraint, sampler, &self.device)?;
+        let out = sample(
+            &self.model,
+            &self.model_cfg,
+            &conds,
+            &constraint,
+            sampler,
+            &self.device,
+        )?;
         let chunks = out
             .full_sequences
             .iter()
-            .map(|s| self.settings.tokenizer.decode(&s[..self.settings.seq_len.min(s.len())]))
+            .map(|s| {
+                self.settings
+                    .tokenizer
+                    .decode(&s[..self.settings.seq_len.min(s.len())])
+            })
             .collect::<Result<_, _>>()?;
         Ok((chunks, out.stats))
     }

@@ -142,9 +142,15 @@ pub fn metadata(settings: &RobotSettings, cfg: &ServeConfig, block: usize) -> se
 
 /// Starts the node on `addr` (e.g. `127.0.0.1:8000`, port 0 = any free port) in background
 /// threads and returns once it is listening.
-pub fn spawn(policy: RobotPolicy, addr: &str, cfg: ServeConfig) -> Result<ServerHandle, RobotError> {
+pub fn spawn(
+    policy: RobotPolicy,
+    addr: &str,
+    cfg: ServeConfig,
+) -> Result<ServerHandle, RobotError> {
     if cfg.max_batch == 0 || cfg.queue == 0 || cfg.max_frame_bytes == 0 {
-        return Err(RobotError::Config("max_batch, queue and max_frame_bytes must be > 0".into()));
+        return Err(RobotError::Config(
+            "max_batch, queue and max_frame_bytes must be > 0".into(),
+        ));
     }
     let std_listener = std::net::TcpListener::bind(addr)
         .map_err(|e| RobotError::Server(format!("cannot listen on {addr}: {e}")))?;
@@ -156,7 +162,11 @@ pub fn spawn(policy: RobotPolicy, addr: &str, cfg: ServeConfig) -> Result<Server
         .map_err(|e| RobotError::Server(e.to_string()))?;
     let sampler = policy.sampler(cfg.block, cfg.per_step);
     let settings = policy.settings().clone();
-    let meta = wire::write_frame(&wire::json_to_value(&metadata(&settings, &cfg, sampler.block_size)));
+    let meta = wire::write_frame(&wire::json_to_value(&metadata(
+        &settings,
+        &cfg,
+        sampler.block_size,
+    )));
     let (tx, rx) = mpsc::channel::<Job>(cfg.queue);
     let deadline = Duration::from_millis(cfg.deadline_ms);
     let max_batch = cfg.max_batch;
@@ -252,13 +262,22 @@ async fn handle_connection(mut stream: TcpStream, shared: Arc<Shared>) -> Result
         }
     };
     let text = String::from_utf8_lossy(&head[..end]).to_ascii_lowercase();
-    let path = text.lines().next().and_then(|l| l.split_whitespace().nth(1)).unwrap_or("");
-    let upgrade = text.lines().any(|l| l.starts_with("upgrade:") && l.contains("websocket"));
+    let path = text
+        .lines()
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .unwrap_or("");
+    let upgrade = text
+        .lines()
+        .any(|l| l.starts_with("upgrade:") && l.contains("websocket"));
     if !upgrade {
         let (status, body) = if path == "/healthz" {
             ("200 OK", "ok\n")
         } else {
-            ("426 Upgrade Required", "websocket endpoint; GET /healthz for health\n")
+            (
+                "426 Upgrade Required",
+                "websocket endpoint; GET /healthz for health\n",
+            )
         };
         let resp = format!(
             "HTTP/1.1 {status}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
@@ -292,7 +311,9 @@ async fn handle_connection(mut stream: TcpStream, shared: Arc<Shared>) -> Result
             Err(e) => {
                 // A frame beyond the websocket limit (or a protocol violation) leaves the stream
                 // unusable: say why, then close this connection only.
-                let _ = tx.send(Message::text(format!("closing the connection: {e}"))).await;
+                let _ = tx
+                    .send(Message::text(format!("closing the connection: {e}")))
+                    .await;
                 let _ = tx.close().await;
                 return Err(e.to_string());
             }
@@ -376,9 +397,8 @@ fn inference_loop(
         }
         let obs: Vec<Observation> = live.iter().map(|j| j.obs.clone()).collect();
         // A panic inside the model must cost one batch its answer, not the node its life.
-        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            policy.act(&obs, &sampler)
-        }));
+        let result =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| policy.act(&obs, &sampler)));
         let infer_ms = start.elapsed().as_secs_f64() * 1e3;
         let batch = live.len();
         match result {
@@ -405,7 +425,9 @@ fn inference_loop(
             Err(_) => {
                 tracing::error!("inference panicked; batch of {batch} answered with an error");
                 for j in live {
-                    let _ = j.reply.send(Err("inference failed (internal error)".into()));
+                    let _ = j
+                        .reply
+                        .send(Err("inference failed (internal error)".into()));
                 }
             }
         }

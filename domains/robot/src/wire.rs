@@ -68,8 +68,9 @@ pub fn parse_array(v: &Value, what: &str) -> Result<NdArray, String> {
                 Some(Value::Binary(b)) => b.as_slice(),
                 _ => return Err(format!("`{what}`: numpy array without binary `data`")),
             };
-            let (little, kind, size) = parse_dtype(&dtype)
-                .ok_or_else(|| format!("`{what}`: unsupported dtype {dtype:?} (need float32/float64/int32/int64)"))?;
+            let (little, kind, size) = parse_dtype(&dtype).ok_or_else(|| {
+                format!("`{what}`: unsupported dtype {dtype:?} (need float32/float64/int32/int64)")
+            })?;
             let count = shape
                 .iter()
                 .try_fold(1usize, |a, &d| a.checked_mul(d))
@@ -102,7 +103,9 @@ pub fn parse_array(v: &Value, what: &str) -> Result<NdArray, String> {
                 values,
             })
         }
-        _ => Err(format!("`{what}`: expected a numpy array or a list of numbers")),
+        _ => Err(format!(
+            "`{what}`: expected a numpy array or a list of numbers"
+        )),
     }
 }
 
@@ -180,7 +183,9 @@ pub fn decode_observation(bytes: &[u8], s: &RobotSettings) -> Result<Observation
             .ok_or_else(|| format!("unknown task {name:?}; known: {}", s.tasks.join(", ")))?
     } else if let Some(t) = get(m, "task") {
         let i = match t {
-            Value::Map(g) if g.iter().any(|(k, _)| key_is(k, NPG)) => get(g, "data").and_then(Value::as_i64),
+            Value::Map(g) if g.iter().any(|(k, _)| key_is(k, NPG)) => {
+                get(g, "data").and_then(Value::as_i64)
+            }
             other => other.as_i64(),
         }
         .ok_or("`task` must be an integer index")?;
@@ -268,7 +273,10 @@ pub fn decode_actions(bytes: &[u8]) -> Result<NdArray, String> {
     let Value::Map(m) = &v else {
         return Err("reply is not a map".into());
     };
-    parse_array(get(m, "actions").ok_or("reply has no `actions`")?, "actions")
+    parse_array(
+        get(m, "actions").ok_or("reply has no `actions`")?,
+        "actions",
+    )
 }
 
 /// An observation frame as `openpi-client` would send it (for Rust clients and tests).

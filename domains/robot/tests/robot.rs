@@ -40,7 +40,10 @@ fn synthetic_demos(episodes: usize, len: usize, seed: u64) -> Demos {
     for e in 0..episodes {
         let task = e % 2;
         let start = obs.len() / OBS;
-        let (mut x, mut y) = (rng.random_range(-1.0..1.0f32), rng.random_range(-1.0..1.0f32));
+        let (mut x, mut y) = (
+            rng.random_range(-1.0..1.0f32),
+            rng.random_range(-1.0..1.0f32),
+        );
         for _ in 0..len {
             obs.extend([x, y, rng.random_range(-0.1..0.1f32)]);
             let a = expert(x, y, task, 0);
@@ -130,7 +133,11 @@ fn policy_learns_a_known_mapping_and_cache_equals_recompute() {
     let mut rng = rand::rngs::StdRng::seed_from_u64(9);
     let obs: Vec<Observation> = (0..64)
         .map(|i| Observation {
-            state: vec![rng.random_range(-1.0..1.0), rng.random_range(-1.0..1.0), 0.0],
+            state: vec![
+                rng.random_range(-1.0..1.0),
+                rng.random_range(-1.0..1.0),
+                0.0,
+            ],
             task: i % 2,
         })
         .collect();
@@ -153,10 +160,20 @@ fn policy_learns_a_known_mapping_and_cache_equals_recompute() {
             base += (mean[d] - want[d]).abs();
         }
     }
-    assert!(err < 0.35 * base, "policy error {err:.3} vs mean-prediction error {base:.3}");
+    assert!(
+        err < 0.35 * base,
+        "policy error {err:.3} vs mean-prediction error {base:.3}"
+    );
     // One request at a time, block decoding commits several tokens per model call.
-    let single: usize = obs[..8].iter().map(|o| policy.act(std::slice::from_ref(o), &sampler).unwrap().1.nfe).sum();
-    assert!(single < 8 * H * D / 2, "{single} model calls for 8 chunks of {} tokens", H * D);
+    let single: usize = obs[..8]
+        .iter()
+        .map(|o| policy.act(std::slice::from_ref(o), &sampler).unwrap().1.nfe)
+        .sum();
+    assert!(
+        single < 8 * H * D / 2,
+        "{single} model calls for 8 chunks of {} tokens",
+        H * D
+    );
 
     // The KV cache (observation prefix encoded once) gives exactly the recompute result.
     let mut no_cache = sampler.clone();
@@ -164,15 +181,29 @@ fn policy_learns_a_known_mapping_and_cache_equals_recompute() {
     let (ref_chunks, _) = policy.act(&obs[..8], &no_cache).unwrap();
     assert_eq!(&chunks[..8], &ref_chunks[..]);
     // AR mode of the same weights works too.
-    let (ar, ar_stats) = policy.act(&obs[..4], &policy.sampler(Some(1), None)).unwrap();
+    let (ar, ar_stats) = policy
+        .act(&obs[..4], &policy.sampler(Some(1), None))
+        .unwrap();
     assert_eq!(ar.len(), 4);
     assert_eq!(ar_stats.nfe, H * D);
     assert_eq!(s.seq_len, H * D);
     // Bad observations are typed errors, not panics.
-    let bad = Observation { state: vec![f32::NAN, 0.0, 0.0], task: 0 };
-    assert!(matches!(policy.act(&[bad], &sampler), Err(RobotError::Observation(_))));
-    let bad = Observation { state: vec![0.0; 3], task: 5 };
-    assert!(matches!(policy.act(&[bad], &sampler), Err(RobotError::Observation(_))));
+    let bad = Observation {
+        state: vec![f32::NAN, 0.0, 0.0],
+        task: 0,
+    };
+    assert!(matches!(
+        policy.act(&[bad], &sampler),
+        Err(RobotError::Observation(_))
+    ));
+    let bad = Observation {
+        state: vec![0.0; 3],
+        task: 5,
+    };
+    assert!(matches!(
+        policy.act(&[bad], &sampler),
+        Err(RobotError::Observation(_))
+    ));
 }
 
 #[test]
@@ -187,7 +218,10 @@ fn fast_tokenizer_policy_trains_and_decodes() {
     };
     train(&demos, &cfg, Some(dir.path()), false).unwrap();
     let policy = RobotPolicy::load(dir.path()).unwrap();
-    let obs = Observation { state: vec![0.1, 0.2, 0.0], task: 1 };
+    let obs = Observation {
+        state: vec![0.1, 0.2, 0.0],
+        task: 1,
+    };
     let (chunks, _) = policy.act(&[obs], &policy.sampler(None, None)).unwrap();
     assert_eq!((chunks[0].horizon, chunks[0].dim), (H, D));
     assert!(chunks[0].values.iter().all(|v| v.is_finite()));
@@ -199,7 +233,10 @@ fn obs_frame(state: &[f32], prompt: &str) -> Vec<u8> {
 
 fn map(entries: Vec<(&str, Value)>) -> Vec<u8> {
     wire::write_frame(&Value::Map(
-        entries.into_iter().map(|(k, v)| (Value::from(k), v)).collect(),
+        entries
+            .into_iter()
+            .map(|(k, v)| (Value::from(k), v))
+            .collect(),
     ))
 }
 
@@ -219,25 +256,40 @@ fn raw_array(dtype: &str, shape: &[u64], data: Vec<u8>) -> Value {
 fn node_serves_batches_and_survives_bad_input() {
     let dir = tempfile::tempdir().unwrap();
     let policy = trained(dir.path(), 30);
-    let handle = spawn(policy, "127.0.0.1:0", ServeConfig {
-        max_frame_bytes: 4096,
-        ..ServeConfig::default()
-    })
+    let handle = spawn(
+        policy,
+        "127.0.0.1:0",
+        ServeConfig {
+            max_frame_bytes: 4096,
+            ..ServeConfig::default()
+        },
+    )
     .unwrap();
     let addr = handle.addr;
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async move {
         // Health check over plain HTTP on the same port.
         let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
         let mut resp = String::new();
         s.read_to_string(&mut resp).await.unwrap();
         assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
 
         let mut c = PolicyClient::connect(addr).await.unwrap();
-        let Value::Map(meta) = &c.metadata else { panic!("metadata is not a map") };
-        let get = |k: &str| meta.iter().find(|(kk, _)| kk.as_str() == Some(k)).map(|(_, v)| v.clone());
-        assert_eq!(get("action_horizon").and_then(|v| v.as_u64()), Some(H as u64));
+        let Value::Map(meta) = &c.metadata else {
+            panic!("metadata is not a map")
+        };
+        let get = |k: &str| {
+            meta.iter()
+                .find(|(kk, _)| kk.as_str() == Some(k))
+                .map(|(_, v)| v.clone())
+        };
+        assert_eq!(
+            get("action_horizon").and_then(|v| v.as_u64()),
+            Some(H as u64)
+        );
         assert_eq!(get("action_dim").and_then(|v| v.as_u64()), Some(D as u64));
 
         let good = obs_frame(&[0.1, -0.3, 0.0], "goal-a");
@@ -251,20 +303,59 @@ fn node_serves_batches_and_survives_bad_input() {
         };
         check_good(c.send(Message::binary(good.clone())).await.unwrap());
 
-        let f64_state: Vec<u8> = [0.1f64, 0.2, 0.3].iter().flat_map(|v| v.to_le_bytes()).collect();
+        let f64_state: Vec<u8> = [0.1f64, 0.2, 0.3]
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect();
         let bad_frames: Vec<(Message, &str)> = vec![
             (Message::binary(b"\xc1\xff garbage".to_vec()), "msgpack"),
-            (Message::binary(map(vec![("prompt", Value::from("goal-a"))])), "state"),
+            (
+                Message::binary(map(vec![("prompt", Value::from("goal-a"))])),
+                "state",
+            ),
             (Message::binary(obs_frame(&[0.1, 0.2], "goal-a")), "shape"),
-            (Message::binary(obs_frame(&[0.1, f32::NAN, 0.0], "goal-a")), "NaN"),
-            (Message::binary(obs_frame(&[0.1, f32::INFINITY, 0.0], "goal-a")), "NaN or infinite"),
-            (Message::binary(obs_frame(&[0.1, 0.2, 0.0], "no-such-task")), "unknown task"),
-            (Message::binary(map(vec![("state", raw_array("<u2", &[3], vec![0; 6])), ("prompt", Value::from("goal-a"))])), "dtype"),
-            (Message::binary(map(vec![("state", raw_array("<f4", &[3], vec![0; 5])), ("prompt", Value::from("goal-a"))])), "bytes"),
-            (Message::binary(map(vec![("state", raw_array("<f4", &[u64::MAX, 4], vec![0; 12])), ("prompt", Value::from("goal-a"))])), "overflow"),
+            (
+                Message::binary(obs_frame(&[0.1, f32::NAN, 0.0], "goal-a")),
+                "NaN",
+            ),
+            (
+                Message::binary(obs_frame(&[0.1, f32::INFINITY, 0.0], "goal-a")),
+                "NaN or infinite",
+            ),
+            (
+                Message::binary(obs_frame(&[0.1, 0.2, 0.0], "no-such-task")),
+                "unknown task",
+            ),
+            (
+                Message::binary(map(vec![
+                    ("state", raw_array("<u2", &[3], vec![0; 6])),
+                    ("prompt", Value::from("goal-a")),
+                ])),
+                "dtype",
+            ),
+            (
+                Message::binary(map(vec![
+                    ("state", raw_array("<f4", &[3], vec![0; 5])),
+                    ("prompt", Value::from("goal-a")),
+                ])),
+                "bytes",
+            ),
+            (
+                Message::binary(map(vec![
+                    ("state", raw_array("<f4", &[u64::MAX, 4], vec![0; 12])),
+                    ("prompt", Value::from("goal-a")),
+                ])),
+                "overflow",
+            ),
             (Message::binary(vec![0x92; 10_000]), "exceeds"),
             (Message::text("hello"), "binary"),
-            (Message::binary(map(vec![("state", Value::Array(vec![Value::from("a")])), ("prompt", Value::from("goal-a"))])), "numbers"),
+            (
+                Message::binary(map(vec![
+                    ("state", Value::Array(vec![Value::from("a")])),
+                    ("prompt", Value::from("goal-a")),
+                ])),
+                "numbers",
+            ),
             (Message::binary(vec![0x91; 64]), "msgpack"), // nested arrays beyond the depth limit
         ];
         for (msg, needle) in bad_frames {
@@ -276,7 +367,10 @@ fn node_serves_batches_and_survives_bad_input() {
             check_good(c.send(Message::binary(good.clone())).await.unwrap());
         }
         // float64 state (numpy's default dtype) is accepted, as is a task index.
-        let f64_frame = map(vec![("state", raw_array("<f8", &[3], f64_state)), ("task", Value::from(1))]);
+        let f64_frame = map(vec![
+            ("state", raw_array("<f8", &[3], f64_state)),
+            ("task", Value::from(1)),
+        ]);
         check_good(c.send(Message::binary(f64_frame)).await.unwrap());
 
         // A frame beyond the websocket layer's limit (16× max_frame_bytes, at least 1 MiB):
@@ -301,12 +395,30 @@ fn node_serves_batches_and_survives_bad_input() {
                 let mut c = PolicyClient::connect(addr).await.unwrap();
                 let mut max_batch = 0.0f64;
                 for j in 0..20 {
-                    let r = c.infer(&[0.01 * (i + j) as f32, 0.2, 0.0], "goal-b").await.unwrap();
-                    let Reply::Frame(f) = r else { panic!("refused: {r:?}") };
-                    let Value::Map(m) = wire::read_frame(&f).unwrap() else { panic!() };
-                    let timing = m.iter().find(|(k, _)| k.as_str() == Some("server_timing")).unwrap().1.clone();
+                    let r = c
+                        .infer(&[0.01 * (i + j) as f32, 0.2, 0.0], "goal-b")
+                        .await
+                        .unwrap();
+                    let Reply::Frame(f) = r else {
+                        panic!("refused: {r:?}")
+                    };
+                    let Value::Map(m) = wire::read_frame(&f).unwrap() else {
+                        panic!()
+                    };
+                    let timing = m
+                        .iter()
+                        .find(|(k, _)| k.as_str() == Some("server_timing"))
+                        .unwrap()
+                        .1
+                        .clone();
                     let Value::Map(t) = timing else { panic!() };
-                    let b = t.iter().find(|(k, _)| k.as_str() == Some("batch")).unwrap().1.as_f64().unwrap();
+                    let b = t
+                        .iter()
+                        .find(|(k, _)| k.as_str() == Some("batch"))
+                        .unwrap()
+                        .1
+                        .as_f64()
+                        .unwrap();
                     max_batch = max_batch.max(b);
                 }
                 max_batch
@@ -327,20 +439,26 @@ fn deadline_passed_is_an_error_reply() {
     let dir = tempfile::tempdir().unwrap();
     let policy = trained(dir.path(), 5);
     // A zero deadline: every request is too late by the time the model would run it.
-    let handle = spawn(policy, "127.0.0.1:0", ServeConfig {
-        deadline_ms: 0,
-        ..ServeConfig::default()
-    })
+    let handle = spawn(
+        policy,
+        "127.0.0.1:0",
+        ServeConfig {
+            deadline_ms: 0,
+            ..ServeConfig::default()
+        },
+    )
     .unwrap();
     let addr = handle.addr;
-    tokio::runtime::Runtime::new().unwrap().block_on(async move {
-        let mut c = PolicyClient::connect(addr).await.unwrap();
-        for _ in 0..3 {
-            match c.infer(&[0.0, 0.0, 0.0], "goal-a").await.unwrap() {
-                Reply::Error(e) => assert!(e.contains("deadline"), "{e}"),
-                Reply::Frame(_) => panic!("a request past its deadline was run"),
+    tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(async move {
+            let mut c = PolicyClient::connect(addr).await.unwrap();
+            for _ in 0..3 {
+                match c.infer(&[0.0, 0.0, 0.0], "goal-a").await.unwrap() {
+                    Reply::Error(e) => assert!(e.contains("deadline"), "{e}"),
+                    Reply::Frame(_) => panic!("a request past its deadline was run"),
+                }
             }
-        }
-    });
+        });
     handle.stop();
 }
