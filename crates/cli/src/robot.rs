@@ -8,7 +8,9 @@ use anyhow::{bail, Context, Result};
 use blockdiff_core::checkpoint;
 use blockdiff_robot::client::{latency_bench, LatencyReport};
 use blockdiff_robot::data::Demos;
-use blockdiff_robot::policy::{train, PolicyConfig, RobotPolicy, TokenizerKind};
+use blockdiff_robot::policy::{
+    train, PolicyConfig, RobotPolicy, RobotSettings, TokenizerKind, SETTINGS_FILE,
+};
 use blockdiff_robot::server::{spawn, ServeConfig};
 use clap::{Args, Subcommand, ValueEnum};
 
@@ -400,9 +402,8 @@ struct BenchRow {
 }
 
 fn bench(ckpt: &Path, d: &Demos, requests: usize) -> Result<Vec<BenchRow>> {
-    let policy = RobotPolicy::load(ckpt)?;
-    let block = policy.settings().config.block;
-    let history = policy.settings().config.history;
+    let settings: RobotSettings = checkpoint::read_json(&ckpt.join(SETTINGS_FILE))?;
+    let (block, history) = (settings.config.block, settings.config.history);
     // Real observations: every 37th step of the demonstrations.
     let obs: Vec<(Vec<f32>, String)> = d
         .episodes
@@ -415,15 +416,12 @@ fn bench(ckpt: &Path, d: &Demos, requests: usize) -> Result<Vec<BenchRow>> {
     for (mode, b) in [("block", block), ("ar", 1)] {
         let p = RobotPolicy::load(ckpt)?;
         let sampler = p.sampler(Some(b), None);
-        let sample_obs: Vec<_> = obs
-            .iter()
-            .take(16)
-            .map(|(s, task)| blockdiff_robot::Observation {
-                state: s.clone(),
-                task: p.settings().task_index(task).unwrap_or(0),
-            })
-            .collect();
-        let (_, stats) = p.act(&sample_obs[..1], &sampler)?;
+        // Model calls per chunk for this mode, from one direct call.
+        let first = blockdiff_robot::Observation {
+            state: obs[0].0.clone(),
+            task: p.settings().task_index(&obs[0].1).unwrap_or(0),
+        };
+        let (_, stats) = p.act(&[first], &sampler)?;
         let handle = spawn(
             p,
             "127.0.0.1:0",

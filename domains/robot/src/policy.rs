@@ -283,31 +283,29 @@ pub fn prepare(
         .collect();
     let stats = ActionStats::fit(&acts, demos.act_dim)?;
     let obs_norm = ObsNormalizer::fit(&obs, demos.obs_dim);
-    let chunks: Vec<(usize, usize, ActionChunk)> = episodes
+    // (episode, row) of every training chunk, and the chunks themselves.
+    let (index, chunks): (Vec<(usize, usize)>, Vec<ActionChunk>) = episodes
         .iter()
         .enumerate()
-        .flat_map(|(i, e)| (e.start..e.end).map(move |t| (i, t, demos.chunk(e, t, cfg.horizon))))
-        .collect();
+        .flat_map(|(i, e)| (e.start..e.end).map(move |t| ((i, t), demos.chunk(e, t, cfg.horizon))))
+        .unzip();
     let tokenizer = match cfg.tokenizer {
         TokenizerKind::Bins => {
             ActionTokenizer::Bins(QuantileBinTokenizer::new(stats, cfg.bins, cfg.horizon))
         }
-        TokenizerKind::Fast => {
-            let cs: Vec<ActionChunk> = chunks.iter().map(|c| c.2.clone()).collect();
-            ActionTokenizer::Fast(FastTokenizer::train(
-                stats,
-                cfg.horizon,
-                &cs,
-                &FastConfig {
-                    vocab_size: cfg.fast_vocab,
-                    ..FastConfig::default()
-                },
-            )?)
-        }
+        TokenizerKind::Fast => ActionTokenizer::Fast(FastTokenizer::train(
+            stats,
+            cfg.horizon,
+            &chunks,
+            &FastConfig {
+                vocab_size: cfg.fast_vocab,
+                ..FastConfig::default()
+            },
+        )?),
     };
     let encoded: Vec<Vec<u32>> = chunks
         .iter()
-        .map(|(_, _, c)| tokenizer.encode(c))
+        .map(|c| tokenizer.encode(c))
         .collect::<Result<_, _>>()?;
     let lcm = cfg
         .train_blocks
@@ -321,7 +319,7 @@ pub fn prepare(
         longest
     };
     let seq_len = need.div_ceil(lcm) * lcm;
-    let mut settings = RobotSettings {
+    let settings = RobotSettings {
         config: cfg.clone(),
         tasks: demos.tasks.clone(),
         obs_dim: demos.obs_dim,
@@ -337,10 +335,9 @@ pub fn prepare(
             cfg.train_blocks, cfg.block
         )));
     }
-    settings.config = cfg.clone();
     let mut train = Vec::new();
     let mut val = Vec::new();
-    for ((ep, t, _), tokens) in chunks.iter().zip(encoded) {
+    for ((ep, t), tokens) in index.iter().zip(encoded) {
         let e = &episodes[*ep];
         let cond = settings.condition(&Observation {
             state: demos.history(e, *t, cfg.history),

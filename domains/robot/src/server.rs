@@ -382,7 +382,7 @@ fn inference_loop(
             }
         }
         let start = Instant::now();
-        let (live, late): (Vec<Job>, Vec<Job>) = jobs
+        let (mut live, late): (Vec<Job>, Vec<Job>) = jobs
             .into_iter()
             .partition(|j| start.duration_since(j.enqueued) <= deadline);
         for j in late {
@@ -395,7 +395,14 @@ fn inference_loop(
         if live.is_empty() {
             continue;
         }
-        let obs: Vec<Observation> = live.iter().map(|j| j.obs.clone()).collect();
+        // The jobs only need their reply channels from here on: move the observations out.
+        let obs: Vec<Observation> = live
+            .iter_mut()
+            .map(|j| Observation {
+                state: std::mem::take(&mut j.obs.state),
+                task: j.obs.task,
+            })
+            .collect();
         // A panic inside the model must cost one batch its answer, not the node its life.
         let result =
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| policy.act(&obs, &sampler)));
