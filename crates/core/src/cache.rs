@@ -98,10 +98,14 @@ impl<B: Backend> KvCache<B> {
         }
         let drop = len - keep;
         for layer in &mut self.layers {
-            let head = layer.narrow(0, sink);
             let tail = layer.narrow(sink + drop, len - sink - drop);
-            layer.k = Tensor::cat(vec![head.k, tail.k], 2);
-            layer.v = Tensor::cat(vec![head.v, tail.v], 2);
+            if sink == 0 {
+                *layer = tail;
+            } else {
+                let head = layer.narrow(0, sink);
+                layer.k = Tensor::cat(vec![head.k, tail.k], 2);
+                layer.v = Tensor::cat(vec![head.v, tail.v], 2);
+            }
         }
         self.start += drop;
     }

@@ -16,6 +16,7 @@
 //! | noise & LR schedules | [`schedule`] |
 //! | BD3-LM training | [`train`] |
 //! | block sampling | [`sample`] |
+//! | unbounded streams (sliding KV window) | [`stream`] |
 //! | save / load | [`checkpoint`] |
 //! | reward (RL) fine-tuning | [`reward`] |
 //! | synthetic benchmark source | [`synthetic`] |
@@ -32,6 +33,7 @@ pub mod plot;
 pub mod reward;
 pub mod sample;
 pub mod schedule;
+pub mod stream;
 pub mod synthetic;
 pub mod tokenizer;
 pub mod train;

@@ -416,60 +416,23 @@ pub fn sample_observed<B: Backend, C: Condition>(
                 if done[i] {
                     continue;
                 }
-                let masked: Vec<usize> = (0..b).filter(|&p| seqs[i][seq_off + p] == MASK).collect();
-                if masked.is_empty() {
-                    continue;
-                }
-                // Candidate token and confidence per masked position.
-                let mut cands: Vec<(usize, u32, f32)> = Vec::with_capacity(masked.len());
-                for &p in &masked {
-                    let row = guided_row(&logits, i, n, p, b, vocab, guided, cfg.cfg_scale);
-                    let pos = seq_off + p;
-                    allowed.iter_mut().for_each(|a| *a = true);
-                    allowed[MASK as usize] = false;
-                    allowed[BOS as usize] = false;
-                    constraint.restrict(&seqs[i], pos, &mut allowed);
-                    if !allowed.iter().any(|&a| a) {
-                        return Err(SampleError::DeadEnd {
-                            sample: i,
-                            position: pos,
-                        });
-                    }
-                    let (tok, conf) = pick(&row, &allowed, cfg, &mut probs, &mut rngs[i]);
-                    cands.push((p, tok, conf));
-                }
-                let order: Vec<usize> = match cfg.policy {
-                    CommitPolicy::FirstHitting => {
-                        vec![rngs[i].random_range(0..cands.len())]
-                    }
-                    _ => {
-                        let mut idx: Vec<usize> = (0..cands.len()).collect();
-                        idx.sort_by(|&a, &c| cands[c].2.total_cmp(&cands[a].2));
-                        let count = match cfg.policy {
-                            CommitPolicy::TopK { k } => k,
-                            CommitPolicy::Threshold { tau } => {
-                                idx.iter().filter(|&&j| cands[j].2 >= tau).count().max(1)
-                            }
-                            CommitPolicy::DynamicFallback { tau, k } => {
-                                idx.iter().filter(|&&j| cands[j].2 >= tau).count().max(k)
-                            }
-                            CommitPolicy::FirstHitting => unreachable!(),
-                        };
-                        idx.truncate(count.min(cands.len()));
-                        idx
-                    }
-                };
-                // Commit most confident first; each later one is re-checked against the
-                // tokens just committed (neighbours decoded in the same step). The first is
-                // valid by construction; a later one that became invalid waits for the next step.
-                for (rank, &j) in order.iter().enumerate() {
-                    let (p, tok, _) = cands[j];
-                    let pos = seq_off + p;
-                    if rank > 0 && !constraint.is_allowed(&seqs[i], pos, tok, vocab) {
-                        continue;
-                    }
-                    seqs[i][pos] = tok;
-                    commit_steps[i][pos - prompt_len] = step_in_block;
+                let row = |p: usize| guided_row(&logits, i, n, p, b, vocab, guided, cfg.cfg_scale);
+                let committed = commit_step(
+                    &mut seqs[i],
+                    seq_off,
+                    b,
+                    row,
+                    constraint,
+                    cfg,
+                    &mut StepScratch {
+                        allowed: &mut allowed,
+                        probs: &mut probs,
+                        rng: &mut rngs[i],
+                    },
+                    i,
+                )?;
+                for p in committed {
+                    commit_steps[i][seq_off + p - prompt_len] = step_in_block;
                     stats.tokens += 1;
                 }
                 if seqs[i][seq_off..seq_off + b].contains(&MASK) {
@@ -531,7 +494,88 @@ pub fn sample_observed<B: Backend, C: Condition>(
     })
 }
 
-fn int_tensor<B: Backend>(
+/// Per-sample buffers reused across steps.
+pub(crate) struct StepScratch<'a> {
+    pub allowed: &'a mut [bool],
+    pub probs: &'a mut [f32],
+    pub rng: &'a mut StdRng,
+}
+
+/// One denoising step of one sample's current block `seq[seq_off..seq_off + b]`: proposes a
+/// token for every masked position (constraint applied to the logits first), ranks the
+/// proposals by confidence, commits as many as the policy says, re-checking each against the
+/// tokens committed before it in the same step. `row(p)` gives block position `p`'s logits.
+/// Returns the committed block positions.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn commit_step(
+    seq: &mut [u32],
+    seq_off: usize,
+    b: usize,
+    row: impl Fn(usize) -> Vec<f32>,
+    constraint: &dyn Constraint,
+    cfg: &SamplerConfig,
+    scratch: &mut StepScratch<'_>,
+    sample_index: usize,
+) -> Result<Vec<usize>, SampleError> {
+    let vocab = scratch.allowed.len();
+    let masked: Vec<usize> = (0..b).filter(|&p| seq[seq_off + p] == MASK).collect();
+    if masked.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut cands: Vec<(usize, u32, f32)> = Vec::with_capacity(masked.len());
+    for &p in &masked {
+        let logits = row(p);
+        let pos = seq_off + p;
+        scratch.allowed.iter_mut().for_each(|a| *a = true);
+        scratch.allowed[MASK as usize] = false;
+        scratch.allowed[BOS as usize] = false;
+        constraint.restrict(seq, pos, scratch.allowed);
+        if !scratch.allowed.iter().any(|&a| a) {
+            return Err(SampleError::DeadEnd {
+                sample: sample_index,
+                position: pos,
+            });
+        }
+        let (tok, conf) = pick(&logits, scratch.allowed, cfg, scratch.probs, scratch.rng);
+        cands.push((p, tok, conf));
+    }
+    let order: Vec<usize> = match cfg.policy {
+        CommitPolicy::FirstHitting => {
+            vec![scratch.rng.random_range(0..cands.len())]
+        }
+        _ => {
+            let mut idx: Vec<usize> = (0..cands.len()).collect();
+            idx.sort_by(|&a, &c| cands[c].2.total_cmp(&cands[a].2));
+            let count = match cfg.policy {
+                CommitPolicy::TopK { k } => k,
+                CommitPolicy::Threshold { tau } => {
+                    idx.iter().filter(|&&j| cands[j].2 >= tau).count().max(1)
+                }
+                CommitPolicy::DynamicFallback { tau, k } => {
+                    idx.iter().filter(|&&j| cands[j].2 >= tau).count().max(k)
+                }
+                CommitPolicy::FirstHitting => unreachable!(),
+            };
+            idx.truncate(count.min(cands.len()));
+            idx
+        }
+    };
+    let mut committed = Vec::with_capacity(order.len());
+    for (rank, &j) in order.iter().enumerate() {
+        let (p, tok, _) = cands[j];
+        let pos = seq_off + p;
+        // The top candidate was proposed under the current context; later ones are re-checked
+        // against the tokens committed just before them in this step.
+        if rank > 0 && !constraint.is_allowed(seq, pos, tok, vocab) {
+            continue;
+        }
+        seq[pos] = tok;
+        committed.push(p);
+    }
+    Ok(committed)
+}
+
+pub(crate) fn int_tensor<B: Backend>(
     data: &[u32],
     rows: usize,
     cols: usize,
@@ -541,7 +585,7 @@ fn int_tensor<B: Backend>(
     Tensor::<B, 1, Int>::from_data(TensorData::new(v, [rows * cols]), device).reshape([rows, cols])
 }
 
-fn to_vec<B: Backend>(t: Tensor<B, 3>) -> Vec<f32> {
+pub(crate) fn to_vec<B: Backend>(t: Tensor<B, 3>) -> Vec<f32> {
     t.into_data()
         .convert::<f32>()
         .into_vec::<f32>()
