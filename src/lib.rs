@@ -4,5 +4,6 @@
 
 pub use blockdiff_core as core;
 pub use blockdiff_dag as dag;
+pub use blockdiff_music as music;
 pub use blockdiff_robot as robot;
 pub use blockdiff_traj as traj;

@@ -12,6 +12,7 @@ use blockdiff_core::tokenizer::Tokenizer;
 use clap::{Parser, Subcommand, ValueEnum};
 
 mod dag;
+mod music;
 mod robot;
 mod traj;
 
@@ -52,6 +53,11 @@ enum Command {
     Robot {
         #[command(subcommand)]
         cmd: robot::RobotCommand,
+    },
+    /// Music as audio tokens: render, train, generate, stream in real time, evaluate.
+    Music {
+        #[command(subcommand)]
+        cmd: music::MusicCommand,
     },
     /// Benchmarks.
     Bench {
@@ -103,6 +109,7 @@ fn main() -> Result<()> {
         Command::Traj { cmd } => traj::run(cmd),
         Command::Dag { cmd } => dag::run(cmd),
         Command::Robot { cmd } => robot::run(cmd),
+        Command::Music { cmd } => music::run(cmd),
         Command::Bench {
             which:
                 BenchCommand::Core {
