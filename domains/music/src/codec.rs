@@ -120,38 +120,41 @@ pub struct Codec {
 const FORMAT: &str = "blockdiff-music-codec/1";
 
 impl Codec {
-    /// Fits the codebooks on a sample of frames from `signals` (24 kHz mono).
-    pub fn train(cfg: CodecConfig, signals: &[Vec<f32>]) -> Result<Self, MusicError> {
+    /// Fits the codebooks on a sample of about `train_frames` non-silent frames drawn evenly
+    /// from `signals` (24 kHz mono). Each signal keeps a share proportional to its length, so
+    /// memory stays at the sample's size whatever the corpus size.
+    pub fn train(cfg: CodecConfig, signals: &[&[f32]]) -> Result<Self, MusicError> {
         cfg.validate()?;
         let mdct = Mdct::new(cfg.hop);
+        let total: usize = signals.iter().map(|x| x.len()).sum();
+        let want = cfg.train_frames.max(cfg.codebook_size) as f64;
+        let mut rng = StdRng::seed_from_u64(cfg.seed);
         let mut shapes: Vec<Array2<f32>> = Vec::new();
         for x in signals {
             let c = mdct.analyze(x);
             let (gains, shape) = split_gain(&c, cfg.coded_bins);
             // Silent frames carry no shape.
-            let keep: Vec<usize> = gains
+            let mut keep: Vec<usize> = gains
                 .iter()
                 .enumerate()
                 .filter(|(_, &g)| db(g) >= cfg.gain_min_db)
                 .map(|(i, _)| i)
                 .collect();
+            let share = (want * x.len() as f64 / total.max(1) as f64).ceil() as usize;
+            keep.shuffle(&mut rng);
+            keep.truncate(share.max(1));
             shapes.push(shape.select(Axis(0), &keep));
         }
         let views: Vec<_> = shapes.iter().map(|s| s.view()).collect();
-        let all = ndarray::concatenate(Axis(0), &views)
+        let sample = ndarray::concatenate(Axis(0), &views)
             .map_err(|e| MusicError::Codec(format!("collecting frames: {e}")))?;
-        if all.nrows() < cfg.codebook_size {
+        if sample.nrows() < cfg.codebook_size {
             return Err(MusicError::Codec(format!(
                 "{} non-silent frames cannot fit {} codes; give more audio",
-                all.nrows(),
+                sample.nrows(),
                 cfg.codebook_size
             )));
         }
-        let mut rng = StdRng::seed_from_u64(cfg.seed);
-        let mut idx: Vec<usize> = (0..all.nrows()).collect();
-        idx.shuffle(&mut rng);
-        idx.truncate(cfg.train_frames.max(cfg.codebook_size));
-        let sample = all.select(Axis(0), &idx);
         let rvq = ResidualVq::train(
             sample.view(),
             cfg.levels,

@@ -152,9 +152,8 @@ pub fn train(
     }
     std::fs::create_dir_all(dir).map_err(io(dir))?;
     let t0 = std::time::Instant::now();
-    let signals: Vec<Vec<f32>> = corpus.train.iter().map(|t| t.samples.clone()).collect();
+    let signals: Vec<&[f32]> = corpus.train.iter().map(|t| t.samples.as_slice()).collect();
     let codec = Codec::train(cfg.codec.clone(), &signals)?;
-    drop(signals);
     let codec_fit_s = t0.elapsed().as_secs_f64();
     codec.save(&dir.join(CODEC_FILE))?;
     let tok = AudioTokenizer::new(codec.config());
