@@ -200,6 +200,15 @@ pub fn fit_markov(
     (model, fit)
 }
 
+/// Percentile (nearest rank) of sorted values, `p` in percent. NaN when empty.
+pub fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
 /// One decoding configuration measured.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct DecodeRun {

@@ -11,6 +11,7 @@
 
 use std::time::{Duration, Instant};
 
+use blockdiff_core::bench::percentile;
 use blockdiff_core::stream::BlockStream;
 use serde::{Deserialize, Serialize};
 
@@ -86,17 +87,6 @@ pub struct StreamReport {
     pub prompt_s: f64,
     /// Wall-clock seconds of the whole run (with sleeping).
     pub wall_s: f64,
-}
-
-/// Percentile (nearest rank) of a sample, `q` in [0, 1].
-pub fn percentile(values: &[f64], q: f64) -> f64 {
-    if values.is_empty() {
-        return f64::NAN;
-    }
-    let mut v = values.to_vec();
-    v.sort_by(f64::total_cmp);
-    let rank = ((q * v.len() as f64).ceil() as usize).clamp(1, v.len());
-    v[rank - 1]
 }
 
 /// Streams `opts.seconds` of audio, handing each block's samples to `sink` as soon as it is
@@ -200,14 +190,15 @@ pub fn run_stream(
     }
     let audio_s = n_blocks as f64 * block_s;
     let compute: f64 = times.iter().sum();
+    times.sort_by(f64::total_cmp);
     Ok(StreamReport {
         seconds: audio_s,
         blocks: n_blocks,
         block_audio_ms: block_s * 1e3,
         rtf: compute / audio_s,
-        p50_block_ms: percentile(&times, 0.5) * 1e3,
-        p95_block_ms: percentile(&times, 0.95) * 1e3,
-        max_block_ms: times.iter().cloned().fold(0.0, f64::max) * 1e3,
+        p50_block_ms: percentile(&times, 50.0) * 1e3,
+        p95_block_ms: percentile(&times, 95.0) * 1e3,
+        max_block_ms: times.last().copied().unwrap_or(0.0) * 1e3,
         underruns,
         underrun_s: stall,
         nfe_per_block: (stream.stats().nfe - nfe_prefill) as f64 / n_blocks.max(1) as f64,

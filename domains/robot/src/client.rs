@@ -95,14 +95,7 @@ pub struct LatencyReport {
     pub throughput_rps: f64,
 }
 
-/// Percentile (nearest rank) of sorted values.
-pub fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
-}
+pub use blockdiff_core::bench::percentile;
 
 /// Runs `clients` connections, each sending `requests` observations back to back (cycling
 /// through `observations`), after `warmup` unmeasured requests per client.
