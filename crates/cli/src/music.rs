@@ -7,7 +7,7 @@ use anyhow::{Context, Result};
 use blockdiff_core::checkpoint;
 use blockdiff_music::audio::{read_wav, write_wav, WavStreamWriter, SAMPLE_RATE};
 use blockdiff_music::codec::{mu_law_round_trip, CodecConfig};
-use blockdiff_music::data::load_corpus;
+use blockdiff_music::data::{load_corpus, Corpus};
 use blockdiff_music::eval::{evaluate, EvalReport};
 use blockdiff_music::metrics::{multires_stft_distance, si_sdr};
 use blockdiff_music::model::{train, MusicModel, MusicTrainConfig};
@@ -293,20 +293,70 @@ fn print_eval(r: &EvalReport) {
     }
 }
 
-fn generate(gen: &GenArgs, opts: StreamOptions) -> Result<StreamReport> {
-    let m = MusicModel::load(&gen.checkpoint)
-        .with_context(|| format!("loading {}", gen.checkpoint.display()))?;
-    let prompt = match &gen.prompt {
-        Some(p) => Some(read_wav(p)?),
-        None => None,
-    };
-    let mut out = WavStreamWriter::create(&gen.out, SAMPLE_RATE)?;
-    let report = run_stream(&m, prompt.as_deref(), &opts, |a| out.write(a))?;
-    out.finish()?;
-    if let Some(j) = &gen.json {
+/// Streams into `out` (atomically) and writes the report as JSON when asked.
+fn write_stream(
+    m: &MusicModel,
+    prompt: Option<&Path>,
+    out: &Path,
+    json: Option<&Path>,
+    opts: &StreamOptions,
+) -> Result<StreamReport> {
+    let prompt = prompt.map(read_wav).transpose()?;
+    let mut wav = WavStreamWriter::create(out, SAMPLE_RATE)?;
+    let report = run_stream(m, prompt.as_deref(), opts, |a| wav.write(a))?;
+    wav.finish()?;
+    if let Some(j) = json {
         write_json(j, &report)?;
     }
     Ok(report)
+}
+
+fn load_model(dir: &Path) -> Result<MusicModel> {
+    MusicModel::load(dir).with_context(|| format!("loading {}", dir.display()))
+}
+
+fn generate(gen: &GenArgs, opts: StreamOptions) -> Result<StreamReport> {
+    let m = load_model(&gen.checkpoint)?;
+    write_stream(
+        &m,
+        gen.prompt.as_deref(),
+        &gen.out,
+        gen.json.as_deref(),
+        &opts,
+    )
+}
+
+/// Renders what is missing, loads the corpus and prints its size.
+fn load(corpus: &CorpusArgs) -> Result<Corpus> {
+    let c = load_corpus(
+        &corpus.manifest,
+        Some(&corpus.soundfont),
+        corpus.limit,
+        true,
+    )?;
+    let [tr, va, te] = c.seconds();
+    println!(
+        "corpus: train {} pieces ({tr:.0} s), val {} ({va:.0} s), test {} ({te:.0} s)",
+        c.train.len(),
+        c.val.len(),
+        c.test.len()
+    );
+    Ok(c)
+}
+
+/// Trains into `dir` and writes `train_report.json` there.
+fn train_into(c: &Corpus, t: &TrainArgs, dir: &Path) -> Result<()> {
+    let r = train(c, &t.config(), dir, true)?;
+    write_json(&dir.join("train_report.json"), &r)?;
+    println!(
+        "trained {} steps on {} windows at {:.0} tokens/s; codec fit {:.0} s; checkpoint {}",
+        r.train.steps,
+        r.train_windows,
+        r.train.tokens_per_s,
+        r.codec_fit_s,
+        dir.display()
+    );
+    Ok(())
 }
 
 fn stream_opts(gen: &GenArgs, realtime: bool) -> StreamOptions {
@@ -324,43 +374,13 @@ fn stream_opts(gen: &GenArgs, realtime: bool) -> StreamOptions {
 pub fn run(cmd: MusicCommand) -> Result<()> {
     match cmd {
         MusicCommand::Render { corpus } => {
-            let c = load_corpus(
-                &corpus.manifest,
-                Some(&corpus.soundfont),
-                corpus.limit,
-                true,
-            )?;
-            let [tr, va, te] = c.seconds();
-            println!(
-                "rendered: train {} pieces ({tr:.0} s), val {} ({va:.0} s), test {} ({te:.0} s)",
-                c.train.len(),
-                c.val.len(),
-                c.test.len()
-            );
+            load(&corpus)?;
         }
         MusicCommand::Train {
             corpus,
             train: t,
             out,
-        } => {
-            let c = load_corpus(
-                &corpus.manifest,
-                Some(&corpus.soundfont),
-                corpus.limit,
-                true,
-            )?;
-            let r = train(&c, &t.config(), &out, true)?;
-            write_json(&out.join("train_report.json"), &r)?;
-            println!(
-                "trained {} steps on {} windows ({:.0} s of audio) at {:.0} tokens/s; codec fit {:.0} s; checkpoint {}",
-                r.train.steps,
-                r.train_windows,
-                r.seconds[0],
-                r.train.tokens_per_s,
-                r.codec_fit_s,
-                out.display()
-            );
-        }
+        } => train_into(&load(&corpus)?, &t, &out)?,
         MusicCommand::Generate { gen } => {
             let r = generate(&gen, stream_opts(&gen, false))?;
             print_stream(&r);
@@ -408,14 +428,8 @@ pub fn run(cmd: MusicCommand) -> Result<()> {
             seed,
             json,
         } => {
-            let m = MusicModel::load(&checkpoint)
-                .with_context(|| format!("loading {}", checkpoint.display()))?;
-            let c = load_corpus(
-                &corpus.manifest,
-                Some(&corpus.soundfont),
-                corpus.limit,
-                true,
-            )?;
+            let m = load_model(&checkpoint)?;
+            let c = load(&corpus)?;
             let r = evaluate(&m, &c, gen_seconds, seed)?;
             print_eval(&r);
             if let Some(j) = json {
@@ -429,42 +443,25 @@ pub fn run(cmd: MusicCommand) -> Result<()> {
             stream_seconds,
             gen_seconds,
         } => {
-            let c = load_corpus(
-                &corpus.manifest,
-                Some(&corpus.soundfont),
-                corpus.limit,
-                true,
-            )?;
-            let [tr, va, te] = c.seconds();
-            println!(
-                "corpus: train {} pieces ({tr:.0} s), val {} ({va:.0} s), test {} ({te:.0} s)",
-                c.train.len(),
-                c.val.len(),
-                c.test.len()
-            );
+            let c = load(&corpus)?;
             let model_dir = out.join("model");
-            let r = train(&c, &t.config(), &model_dir, true)?;
-            write_json(&model_dir.join("train_report.json"), &r)?;
-            println!(
-                "trained {} steps at {:.0} tokens/s (codec fit {:.0} s)",
-                r.train.steps, r.train.tokens_per_s, r.codec_fit_s
-            );
-            let m = MusicModel::load(&model_dir)?;
+            train_into(&c, &t, &model_dir)?;
+            let m = load_model(&model_dir)?;
             let e = evaluate(&m, &c, gen_seconds, t.seed)?;
             print_eval(&e);
             write_json(&out.join("eval.json"), &e)?;
-            let gen = GenArgs {
-                checkpoint: model_dir,
+            let opts = StreamOptions {
                 seconds: stream_seconds,
-                out: out.join("stream.wav"),
-                prompt: None,
-                steps_per_block: 4,
-                temperature: 1.0,
-                top_p: 0.95,
                 seed: t.seed,
-                json: Some(out.join("stream.json")),
+                ..StreamOptions::default()
             };
-            let s = generate(&gen, stream_opts(&gen, true))?;
+            let s = write_stream(
+                &m,
+                None,
+                &out.join("stream.wav"),
+                Some(&out.join("stream.json")),
+                &opts,
+            )?;
             print_stream(&s);
         }
     }

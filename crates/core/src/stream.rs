@@ -118,7 +118,6 @@ impl<'a, B: Backend> BlockStream<'a, B> {
         // Only the last window's worth of the prompt can ever be attended to.
         let keep = prompt.len().min(window - b);
         let prompt = &prompt[prompt.len() - keep..];
-        s.next_pos = 0;
         let first = match prompt.len() % b {
             0 => b,
             r => r,

@@ -15,38 +15,30 @@ use blockdiff_core::constraint::Constraint;
 use blockdiff_core::error::TokenizerError;
 use blockdiff_core::tokenizer::{Tokenizer, Vocab};
 use ndarray::Array2;
-use serde::{Deserialize, Serialize};
 
 use crate::codec::{CodecConfig, Codes};
 
 /// Frames of codec codes ⇄ ids.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct AudioTokenizer {
     gain_levels: usize,
     levels: usize,
     codebook_size: usize,
-    #[serde(skip)]
-    vocab: Option<Vocab>,
+    vocab: Vocab,
 }
 
 impl AudioTokenizer {
     /// The tokenizer of a codec.
     pub fn new(codec: &CodecConfig) -> Self {
-        let mut t = Self {
+        Self {
             gain_levels: codec.gain_levels,
             levels: codec.levels,
             codebook_size: codec.codebook_size,
-            vocab: None,
-        };
-        t.vocab = Some(t.build_vocab());
-        t
-    }
-
-    fn build_vocab(&self) -> Vocab {
-        Vocab::new(
-            Vec::new(),
-            self.gain_levels + self.levels * self.codebook_size,
-        )
+            vocab: Vocab::new(
+                Vec::new(),
+                codec.gain_levels + codec.levels * codec.codebook_size,
+            ),
+        }
     }
 
     /// Vocabulary size including the core specials.
@@ -132,9 +124,7 @@ impl Tokenizer for AudioTokenizer {
     type Item = Codes;
 
     fn vocab(&self) -> &Vocab {
-        self.vocab
-            .as_ref()
-            .expect("vocab built by new() / from_metadata()")
+        &self.vocab
     }
 
     fn encode(&self, item: &Codes) -> Result<Vec<u32>, TokenizerError> {
@@ -177,11 +167,10 @@ impl FrameSlotConstraint {
 impl Constraint for FrameSlotConstraint {
     fn restrict(&self, _seq: &[u32], pos: usize, allowed: &mut [bool]) {
         let r = &self.slots[pos % self.frame_len];
-        for (id, a) in allowed.iter_mut().enumerate() {
-            if !r.contains(&(id as u32)) {
-                *a = false;
-            }
-        }
+        let n = allowed.len();
+        let (start, end) = ((r.start as usize).min(n), (r.end as usize).min(n));
+        allowed[..start].fill(false);
+        allowed[end..].fill(false);
     }
 
     fn is_allowed(&self, _seq: &[u32], pos: usize, token: u32, _vocab: usize) -> bool {
