@@ -11,6 +11,7 @@ use blockdiff_core::sample::{sample, CommitPolicy, SamplerConfig};
 use blockdiff_core::tokenizer::Tokenizer;
 use clap::{Parser, Subcommand, ValueEnum};
 
+mod bench;
 mod dag;
 mod music;
 mod robot;
@@ -80,6 +81,9 @@ enum BenchCommand {
         #[arg(long, default_value_t = 20)]
         repeats: usize,
     },
+    /// Against the PyTorch twin (`tests/torch_twin/twin.py`): logit agreement on our
+    /// safetensors weights, then a training step and a full sample timed on both sides.
+    Twin(bench::TwinArgs),
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -110,6 +114,9 @@ fn main() -> Result<()> {
         Command::Dag { cmd } => dag::run(cmd),
         Command::Robot { cmd } => robot::run(cmd),
         Command::Music { cmd } => music::run(cmd),
+        Command::Bench {
+            which: BenchCommand::Twin(args),
+        } => bench::twin(args).map(|_| ()),
         Command::Bench {
             which:
                 BenchCommand::Core {

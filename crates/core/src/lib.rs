@@ -20,6 +20,7 @@
 //! | save / load | [`checkpoint`] |
 //! | reward (RL) fine-tuning | [`reward`] |
 //! | synthetic benchmark source | [`synthetic`] |
+//! | PyTorch twin (logit agreement, timings) | [`twin`] |
 
 pub mod bench;
 pub mod cache;
@@ -37,6 +38,7 @@ pub mod stream;
 pub mod synthetic;
 pub mod tokenizer;
 pub mod train;
+pub mod twin;
 
 /// The CPU backend used by default (burn's pure-Rust `flex`).
 pub type CpuBackend = burn::backend::Flex;

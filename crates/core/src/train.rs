@@ -475,6 +475,25 @@ pub struct CheckpointSpec<'a> {
     pub resume: bool,
 }
 
+/// One optimiser step on a noised batch: loss, backward, global-norm clip (`grad_clip` 0 =
+/// off), AdamW update at `lr`. Returns the updated model and the batch loss (nats/token).
+pub fn train_step<B: AutodiffBackend, O: Optimizer<BlockDiffusionModel<B>, B>>(
+    model: BlockDiffusionModel<B>,
+    optim: &mut O,
+    batch: NoisedBatch<B>,
+    lr: f64,
+    grad_clip: f64,
+) -> (BlockDiffusionModel<B>, f64) {
+    let loss = batch_loss(&model, batch);
+    let loss_v: f64 = loss.clone().into_scalar().elem();
+    let grads = loss.backward();
+    let mut grads = GradientsParams::from_grads(grads, &model);
+    if grad_clip > 0.0 {
+        clip_global_norm(&model, &mut grads, grad_clip);
+    }
+    (optim.step(lr, model, grads), loss_v)
+}
+
 /// Trains `model` on `train`, validating on `val`. Deterministic for a given seed.
 pub fn train<B: AutodiffBackend>(
     mut model: BlockDiffusionModel<B>,
@@ -556,20 +575,14 @@ pub fn train<B: AutodiffBackend>(
             &mut rng,
             device,
         );
-        let loss = batch_loss(&model, batch);
-        let loss_v: f64 = loss.clone().into_scalar().elem();
+        let lr = warmup_cosine(step, cfg.warmup_steps, cfg.steps, cfg.lr, cfg.min_lr_ratio);
+        let (m, loss_v) = train_step(model, &mut optim, batch, lr, cfg.grad_clip);
+        model = m;
         if !loss_v.is_finite() {
             return Err(TrainError::Data(format!(
                 "loss became {loss_v} at step {step}"
             )));
         }
-        let grads = loss.backward();
-        let mut grads = GradientsParams::from_grads(grads, &model);
-        if cfg.grad_clip > 0.0 {
-            clip_global_norm(&model, &mut grads, cfg.grad_clip);
-        }
-        let lr = warmup_cosine(step, cfg.warmup_steps, cfg.steps, cfg.lr, cfg.min_lr_ratio);
-        model = optim.step(lr, model, grads);
         if step + tail >= cfg.steps {
             recent.push(loss_v);
         }

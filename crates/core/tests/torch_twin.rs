@@ -1,0 +1,46 @@
+//! The PyTorch twin (`tests/torch_twin/twin.py`) loads our `model.safetensors` and reproduces
+//! our logits within 1e-4 on the training and inference layouts (condition vectors and token
+//! features included). Needs a Python with torch: `BLOCKDIFF_TWIN_PYTHON` (CI sets it via
+//! `tests/torch_twin/setup.sh`); without it the test looks for the setup script's virtualenv
+//! and is skipped with a message only when there is none.
+
+use std::path::PathBuf;
+
+use blockdiff_core::twin::{run_twin, write_case, TwinSpec};
+
+fn twin_python() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("BLOCKDIFF_TWIN_PYTHON").filter(|p| !p.is_empty()) {
+        return Some(PathBuf::from(p));
+    }
+    let home = std::env::var_os("HOME")?;
+    let p = PathBuf::from(home).join(".cache/blockdiff-twin-venv/bin/python");
+    p.exists().then_some(p)
+}
+
+#[test]
+fn torch_twin_reproduces_our_logits() {
+    let Some(python) = twin_python() else {
+        eprintln!(
+            "SKIPPED torch_twin_reproduces_our_logits: no PyTorch (run tests/torch_twin/setup.sh \
+             or set BLOCKDIFF_TWIN_PYTHON)"
+        );
+        return;
+    };
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/torch_twin/twin.py");
+    let dir = std::env::temp_dir().join(format!("blockdiff-twin-test-{}", std::process::id()));
+    let spec = TwinSpec::small();
+    let case = write_case(&dir, &spec).expect("case written");
+    assert_eq!(case.checks.len(), 2);
+    let side = run_twin(&python, &script, &dir, true).expect("twin ran");
+    let _ = std::fs::remove_dir_all(&dir);
+    eprintln!("twin (torch {}): {:?}", side.torch, side.checks);
+    for (name, diff) in &side.checks {
+        assert!(*diff <= 1e-4, "{name}: max |Δ logit| {diff:e} > 1e-4");
+    }
+    assert!(side.max_abs_logit_diff.is_finite());
+    // The logits are not trivially equal (e.g. all zero): they vary across the vocabulary.
+    let l = &case.checks[0].logits;
+    let spread =
+        l.iter().cloned().fold(f32::MIN, f32::max) - l.iter().cloned().fold(f32::MAX, f32::min);
+    assert!(spread > 1.0, "logit spread {spread}");
+}

@@ -1,0 +1,73 @@
+//! Where a training step's time goes (forward, backward, optimiser) at the twin's full size.
+//! `cargo run --release --example profile_train`
+use std::time::Instant;
+
+use blockdiff::core::burn::module::AutodiffModule;
+use blockdiff::core::burn::optim::{AdamWConfig, GradientsParams, Optimizer};
+use blockdiff::core::burn::prelude::*;
+use blockdiff::core::condition::Example;
+use blockdiff::core::model::BlockDiffusionModel;
+use blockdiff::core::train::{batch_loss, noised_batch, Noise};
+use blockdiff::core::twin::TwinSpec;
+use blockdiff::core::{CpuBackend, CpuTrainBackend};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+fn main() {
+    let spec = TwinSpec::full();
+    let device = Default::default();
+    let cfg = spec.timing_config();
+    let tcfg = spec.train_config();
+    let mut rng = StdRng::seed_from_u64(1);
+    let data: Vec<Example> = (0..spec.train_batch)
+        .map(|_| Example::tokens((0..spec.seq_len).map(|_| rng.random_range(4..36)).collect()))
+        .collect();
+    let refs: Vec<&Example> = data.iter().collect();
+    let mut model = cfg.init::<CpuTrainBackend>(&device);
+    let mut optim =
+        AdamWConfig::new().init::<CpuTrainBackend, BlockDiffusionModel<CpuTrainBackend>>();
+    let inner: BlockDiffusionModel<CpuBackend> = model.valid();
+    let n = 6;
+    let (mut t_batch, mut t_inf, mut t_fwd, mut t_bwd, mut t_opt) = (0.0, 0.0, 0.0, 0.0, 0.0);
+    for _ in 0..n {
+        let t = Instant::now();
+        let batch = noised_batch::<CpuTrainBackend>(
+            &refs,
+            &cfg,
+            &tcfg,
+            spec.block_size,
+            Noise::Random,
+            false,
+            &mut rng,
+            &device,
+        );
+        let b2 = noised_batch::<CpuBackend>(
+            &refs,
+            &cfg,
+            &tcfg,
+            spec.block_size,
+            Noise::Random,
+            false,
+            &mut rng,
+            &device,
+        );
+        t_batch += t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        let l: f32 = batch_loss(&inner, b2).into_scalar().elem();
+        t_inf += t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        let loss = batch_loss(&model, batch);
+        let _: f32 = loss.clone().into_scalar().elem();
+        t_fwd += t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        let grads = loss.backward();
+        let grads = GradientsParams::from_grads(grads, &model);
+        t_bwd += t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        model = optim.step(1e-3, model, grads);
+        t_opt += t.elapsed().as_secs_f64();
+        let _ = l;
+    }
+    let ms = |x: f64| x / n as f64 * 1e3;
+    println!("batch {:.1} ms (x2) | inference fwd {:.1} | autodiff fwd {:.1} | backward {:.1} | adamw {:.1}", ms(t_batch), ms(t_inf), ms(t_fwd), ms(t_bwd), ms(t_opt));
+}
