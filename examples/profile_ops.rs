@@ -75,6 +75,33 @@ fn main() {
     time("nn::Linear [32,128,128]", || {
         let _ = lin.forward(x3b.clone()).into_data();
     });
+    time("exp [4096,344]", || {
+        let _ = h.clone().exp().into_data();
+    });
+    time("tanh [4096,344]", || {
+        let _ = h.clone().tanh().into_data();
+    });
+    time("mul [4096,344]", || {
+        let _ = (h.clone() * h.clone()).into_data();
+    });
+    time("x/(1+exp(-x))", || {
+        let _ = (h.clone() / (h.clone().neg().exp() + 1.0)).into_data();
+    });
+    time("x*sigmoid(x) via tanh", || {
+        let _ = (h.clone() * ((h.clone() * 0.5).tanh() * 0.5 + 0.5)).into_data();
+    });
+    time("k^T made contiguous (*1)", || {
+        let _ = (k.clone().swap_dims(2, 3) * 1.0).into_data();
+    });
+    let kt = k.clone().swap_dims(2, 3) * 1.0;
+    time("q @ contiguous k^T", || {
+        let _ = q.clone().matmul(kt.clone()).into_data();
+    });
+    let q3 = q.clone().reshape([128, 128, 32]);
+    let kt3 = kt.clone().reshape([128, 32, 128]);
+    time("q @ contiguous k^T (3d)", || {
+        let _ = q3.clone().matmul(kt3.clone()).into_data();
+    });
     let norm = blockdiff::core::burn::nn::RmsNormConfig::new(128).init::<B>(&d);
     time("RmsNorm [32,128,128]", || {
         let _ = norm.forward(x3b.clone()).into_data();

@@ -1,11 +1,14 @@
-//! `blockdiff bench twin` (and the pieces `bench all` gathers).
+//! `blockdiff bench twin` and `blockdiff bench all`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use blockdiff_core::checkpoint;
 use blockdiff_core::twin::{self, TwinReport, TwinSpec};
-use clap::{Args, ValueEnum};
+use clap::{Args, Parser, ValueEnum};
+use serde_json::{json, Value};
+
+use crate::{Cli, TaskSize};
 
 #[derive(Clone, Copy, ValueEnum)]
 pub enum TwinSize {
@@ -33,6 +36,32 @@ pub struct TwinArgs {
     /// Write the report as JSON here.
     #[arg(long)]
     pub json: Option<PathBuf>,
+    /// Backend our side runs on (`cuda` needs a build with `--features cuda` and a GPU).
+    #[arg(long, value_enum, default_value_t = BenchDevice::Cpu)]
+    pub device: BenchDevice,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum BenchDevice {
+    /// burn-flex on the CPU.
+    Cpu,
+    /// burn's CUDA backend.
+    Cuda,
+}
+
+/// Our side's timing function for `device`.
+fn timer(device: BenchDevice) -> Result<fn(&TwinSpec) -> twin::TwinTimings> {
+    match device {
+        BenchDevice::Cpu => Ok(twin::time_ours),
+        #[cfg(feature = "cuda")]
+        BenchDevice::Cuda => Ok(|spec| {
+            twin::time_on::<blockdiff_core::CudaTrainBackend>(spec, &Default::default())
+        }),
+        #[cfg(not(feature = "cuda"))]
+        BenchDevice::Cuda => anyhow::bail!(
+            "this binary was built without CUDA: cargo build --release -p blockdiff-cli --features cuda"
+        ),
+    }
 }
 
 /// The interpreter the twin runs with.
@@ -64,7 +93,7 @@ pub fn twin(args: TwinArgs) -> Result<TwinReport> {
         spec.block_size,
         python.display()
     );
-    let report = twin::compare(&spec, &python, &args.script, &args.dir)?;
+    let report = twin::compare(&spec, &python, &args.script, &args.dir, timer(args.device)?)?;
     println!("{}", twin::markdown_table(&report));
     println!(
         "torch {} ({} threads) vs blockdiff ({} threads): sampling {:.2}x at batch 1, training {:.2}x; max |Δ logit| {:.2e}",
@@ -80,4 +109,267 @@ pub fn twin(args: TwinArgs) -> Result<TwinReport> {
             .with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(report)
+}
+
+#[derive(Args)]
+pub struct AllArgs {
+    /// Write every result as one JSON here.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Size of the core Markov task and of the twin's model.
+    #[arg(long, value_enum, default_value_t = TaskSize::Small)]
+    pub task: TaskSize,
+    /// Sampling calls per core configuration (medians are reported).
+    #[arg(long, default_value_t = 10)]
+    pub repeats: usize,
+    /// `blockdiff traj demo --out` folder (its `data/` and `checkpoint/`).
+    #[arg(long, default_value = "out/traj-demo")]
+    pub traj: PathBuf,
+    /// `blockdiff robot demo --out` folder (its `checkpoint/` and `demos.safetensors`).
+    #[arg(long, default_value = "out/robot")]
+    pub robot: PathBuf,
+    /// `blockdiff music train` checkpoint.
+    #[arg(long, default_value = "out/music/model")]
+    pub music: PathBuf,
+    /// DAG search budget (queries per seed; 2 seeds).
+    #[arg(long, default_value_t = 60)]
+    pub dag_budget: usize,
+    /// Scratch folder for the per-bench files.
+    #[arg(long, default_value = "out/bench")]
+    pub dir: PathBuf,
+    /// Python with torch for the twin (see `bench twin --python`).
+    #[arg(long)]
+    pub python: Option<PathBuf>,
+}
+
+/// Host facts recorded with every result.
+fn machine() -> Value {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let cpu = cpuinfo
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split(':').nth(1))
+        .map_or("unknown".to_string(), |s| s.trim().to_string());
+    let mem_gib = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find(|l| l.starts_with("MemTotal"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<f64>().ok())
+        })
+        .map(|kb| kb / 1024.0 / 1024.0);
+    json!({
+        "cpu": cpu,
+        "threads": std::thread::available_parallelism().map_or(1, |n| n.get()),
+        "mem_gib": mem_gib,
+        "os": std::env::consts::OS,
+        "arch": std::env::consts::ARCH,
+    })
+}
+
+fn commit() -> String {
+    std::process::Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map_or("unknown".into(), |o| {
+            String::from_utf8_lossy(&o.stdout).trim().to_string()
+        })
+}
+
+/// Runs `blockdiff ARGS…` in-process; the command writes its JSON to `json`, read back here.
+/// A missing prerequisite or a failure is recorded as `{"skipped": reason}`, not fatal.
+fn domain_bench(name: &str, missing: Option<String>, args: &[String], json: &Path) -> Value {
+    if let Some(reason) = missing {
+        eprintln!("bench all: {name} skipped: {reason}");
+        return json!({ "skipped": reason });
+    }
+    eprintln!("bench all: {name}: blockdiff {}", args.join(" "));
+    let run = || -> Result<Value> {
+        let cli = Cli::try_parse_from(
+            std::iter::once("blockdiff".to_string()).chain(args.iter().cloned()),
+        )?;
+        let started = std::time::Instant::now();
+        crate::run(cli.command)?;
+        let wall_s = started.elapsed().as_secs_f64();
+        let bytes = std::fs::read(json).with_context(|| format!("reading {}", json.display()))?;
+        Ok(
+            json!({ "command": format!("blockdiff {}", args.join(" ")), "wall_s": wall_s,
+                   "result": serde_json::from_slice::<Value>(&bytes)? }),
+        )
+    };
+    run().unwrap_or_else(|e| {
+        eprintln!("bench all: {name} failed: {e:#}");
+        json!({ "skipped": format!("failed: {e:#}") })
+    })
+}
+
+fn need(paths: &[PathBuf], how: &str) -> Option<String> {
+    paths
+        .iter()
+        .find(|p| !p.exists())
+        .map(|p| format!("{} missing ({how})", p.display()))
+}
+
+fn s(p: &Path) -> String {
+    p.display().to_string()
+}
+
+pub fn all(args: AllArgs) -> Result<()> {
+    std::fs::create_dir_all(&args.dir)
+        .with_context(|| format!("creating {}", args.dir.display()))?;
+    let task = args.task.task();
+    let mut out = json!({
+        "machine": machine(),
+        "commit": commit(),
+        "config": { "task": task, "repeats": args.repeats },
+    });
+    let core = crate::bench_core(Some(args.dir.join("core.json")), task, args.repeats)?;
+    out["core"] = serde_json::to_value(&core)?;
+    let twin_args = TwinArgs {
+        size: match args.task {
+            TaskSize::Small => TwinSize::Small,
+            TaskSize::Full => TwinSize::Full,
+        },
+        python: args.python.clone(),
+        script: PathBuf::from("tests/torch_twin/twin.py"),
+        dir: args.dir.join("twin"),
+        json: None,
+        device: BenchDevice::Cpu,
+    };
+    out["twin"] = match twin(twin_args) {
+        Ok(r) => serde_json::to_value(&r)?,
+        Err(e) => {
+            eprintln!("bench all: twin skipped: {e:#}");
+            json!({ "skipped": format!("{e:#}") })
+        }
+    };
+    let j = |name: &str| args.dir.join(format!("{name}.json"));
+    let (td, tc) = (args.traj.join("data"), args.traj.join("checkpoint"));
+    out["traj"] = domain_bench(
+        "traj",
+        need(&[td.clone(), tc.clone()], "run `blockdiff traj demo` first"),
+        &[
+            "traj",
+            "bench",
+            "--data",
+            &s(&td),
+            "--checkpoint",
+            &s(&tc),
+            "-n",
+            "200",
+            "--json",
+            &s(&j("traj")),
+        ]
+        .map(String::from),
+        &j("traj"),
+    );
+    let (rc, rd) = (
+        args.robot.join("checkpoint"),
+        args.robot.join("demos.safetensors"),
+    );
+    out["robot"] = domain_bench(
+        "robot",
+        need(
+            &[rc.clone(), rd.clone()],
+            "run `blockdiff robot demo` first",
+        ),
+        &[
+            "robot",
+            "bench",
+            "--checkpoint",
+            &s(&rc),
+            "--demos",
+            &s(&rd),
+            "--requests",
+            "50",
+            "--json",
+            &s(&j("robot")),
+        ]
+        .map(String::from),
+        &j("robot"),
+    );
+    out["music"] = domain_bench(
+        "music",
+        need(&[args.music.clone()], "run `blockdiff music demo` first"),
+        &[
+            "music",
+            "stream",
+            "--checkpoint",
+            &s(&args.music),
+            "--seconds",
+            "20",
+            "--out",
+            &s(&args.dir.join("music.wav")),
+            "--json",
+            &s(&j("music")),
+        ]
+        .map(String::from),
+        &j("music"),
+    );
+    let budget = args.dag_budget.to_string();
+    out["dag"] = domain_bench(
+        "dag",
+        need(
+            &[PathBuf::from("datasets/nasbench/data")],
+            "run datasets/nasbench/fetch.sh first",
+        ),
+        &[
+            "dag",
+            "search",
+            "--method",
+            "all",
+            "--seeds",
+            "2",
+            "--budget",
+            &budget,
+            "--pretrain-steps",
+            "60",
+            "--json",
+            &s(&j("dag")),
+            "--plot",
+            &s(&args.dir.join("dag.png")),
+        ]
+        .map(String::from),
+        &j("dag"),
+    );
+    println!(
+        "\n## bench all ({}, commit {})",
+        out["machine"]["cpu"].as_str().unwrap_or("?"),
+        out["commit"].as_str().unwrap_or("?")
+    );
+    println!("| bench | headline |\n|---|---|");
+    println!(
+        "| core | block {:.2}x AR at batch 1, {:.2}x at batch 16; {:.2} tokens/forward; KV cache {:.2}x recompute |",
+        core.speedup_vs_ar, core.speedup_vs_ar_batch16, core.tokens_per_forward, core.cache_speedup
+    );
+    if let Some(t) = out["twin"].get("sampling_speedup") {
+        println!(
+            "| twin | sampling {:.2}x PyTorch (batch 1), training {:.2}x; max |Δ logit| {:.1e} |",
+            t.as_f64().unwrap_or(f64::NAN),
+            out["twin"]["training_speedup"].as_f64().unwrap_or(f64::NAN),
+            out["twin"]["max_abs_logit_diff"]
+                .as_f64()
+                .unwrap_or(f64::NAN)
+        );
+    }
+    for name in ["traj", "robot", "music", "dag"] {
+        let v = &out[name];
+        match v.get("skipped") {
+            Some(r) => println!("| {name} | skipped: {} |", r.as_str().unwrap_or("")),
+            None => println!(
+                "| {name} | ran in {:.0} s (`{}`) |",
+                v["wall_s"].as_f64().unwrap_or(0.0),
+                v["command"].as_str().unwrap_or("")
+            ),
+        }
+    }
+    if let Some(path) = &args.json {
+        checkpoint::write_json(path, &out)
+            .with_context(|| format!("writing {}", path.display()))?;
+        println!("wrote {}", path.display());
+    }
+    Ok(())
 }

@@ -84,6 +84,9 @@ enum BenchCommand {
     /// Against the PyTorch twin (`tests/torch_twin/twin.py`): logit agreement on our
     /// safetensors weights, then a training step and a full sample timed on both sides.
     Twin(bench::TwinArgs),
+    /// Every benchmark in one run: core, the PyTorch twin and each domain whose demo output
+    /// exists; one JSON with the machine, commit and every ratio.
+    All(bench::AllArgs),
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -108,7 +111,12 @@ fn main() -> Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
-    match Cli::parse().command {
+    run(Cli::parse().command)
+}
+
+/// Runs one parsed command (`bench all` also runs the domain benches through here).
+fn run(command: Command) -> Result<()> {
+    match command {
         Command::Demo { out, task } => demo(out, task.task()),
         Command::Traj { cmd } => traj::run(cmd),
         Command::Dag { cmd } => dag::run(cmd),
@@ -118,39 +126,48 @@ fn main() -> Result<()> {
             which: BenchCommand::Twin(args),
         } => bench::twin(args).map(|_| ()),
         Command::Bench {
+            which: BenchCommand::All(args),
+        } => bench::all(args),
+        Command::Bench {
             which:
                 BenchCommand::Core {
                     json,
                     task,
                     repeats,
                 },
-        } => {
-            let task = task.task();
-            eprintln!("training the Markov task model ({} steps)...", task.steps);
-            let (model, fit) = fit_markov(&task, true);
-            eprintln!("benchmarking decoders...");
-            let report = run_core_bench(&model, &task, fit, repeats.max(1));
-            println!("{}", markdown_table(&report));
-            println!(
-                "true entropy {:.4} nats/token | held-out NELBO (block {}) {:.4} | held-out AR NLL {:.4}",
-                report.true_entropy, task.block_size, report.fit.val_nelbo_block, report.fit.val_nll_ar
-            );
-            println!(
-                "best block policy {}: {:.2}x AR wall-clock at batch 1, {:.2}x at batch 16, {:.2} tokens/forward; KV cache {:.2}x vs recompute",
-                report.best_block,
-                report.speedup_vs_ar,
-                report.speedup_vs_ar_batch16,
-                report.tokens_per_forward,
-                report.cache_speedup
-            );
-            if let Some(path) = json {
-                let v = serde_json::to_vec_pretty(&report)?;
-                checkpoint::write_atomic(&path, &v)
-                    .with_context(|| format!("writing {}", path.display()))?;
-            }
-            Ok(())
-        }
+        } => bench_core(json, task.task(), repeats).map(|_| ()),
     }
+}
+
+/// `bench core`: trains the Markov task model, then block vs AR decoding and cache vs none.
+fn bench_core(
+    json: Option<PathBuf>,
+    task: MarkovTask,
+    repeats: usize,
+) -> Result<blockdiff_core::bench::CoreBenchReport> {
+    eprintln!("training the Markov task model ({} steps)...", task.steps);
+    let (model, fit) = fit_markov(&task, true);
+    eprintln!("benchmarking decoders...");
+    let report = run_core_bench(&model, &task, fit, repeats.max(1));
+    println!("{}", markdown_table(&report));
+    println!(
+        "true entropy {:.4} nats/token | held-out NELBO (block {}) {:.4} | held-out AR NLL {:.4}",
+        report.true_entropy, task.block_size, report.fit.val_nelbo_block, report.fit.val_nll_ar
+    );
+    println!(
+        "best block policy {}: {:.2}x AR wall-clock at batch 1, {:.2}x at batch 16, {:.2} tokens/forward; KV cache {:.2}x vs recompute",
+        report.best_block,
+        report.speedup_vs_ar,
+        report.speedup_vs_ar_batch16,
+        report.tokens_per_forward,
+        report.cache_speedup
+    );
+    if let Some(path) = json {
+        let v = serde_json::to_vec_pretty(&report)?;
+        checkpoint::write_atomic(&path, &v)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(report)
 }
 
 fn demo(out: PathBuf, task: MarkovTask) -> Result<()> {

@@ -4,8 +4,11 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use blockdiff_core::sample::{CommitPolicy, SamplerConfig};
+use blockdiff_core::shard::Shard;
 use blockdiff_traj::generate::{load_model, train_model, TrajModelConfig};
-use blockdiff_traj::hoser::{read_roadmap, read_trips, write_roadmap, write_trips};
+use blockdiff_traj::hoser::{
+    read_roadmap, read_trips, write_roadmap, write_trips, write_trips_from,
+};
 use blockdiff_traj::matching::{evaluate_matching, match_trace, read_gps_csv, MatchConfig};
 use blockdiff_traj::network::{ImportOptions, RoadNetwork};
 use blockdiff_traj::pipeline::{evaluate_all, requests_of, run_demo, write_geojson, DemoOptions};
@@ -84,6 +87,10 @@ pub enum TrajCommand {
         /// Output: `.geojson` (FeatureCollection of LineStrings) or `.csv` (HOSER rid_list).
         #[arg(long)]
         out: PathBuf,
+        /// Generate only shard I of N (0-based) of the `n` trips, seeded by global trip id:
+        /// the N CSV outputs concatenated (later headers dropped) equal the single run.
+        #[arg(long, default_value = "0/1")]
+        shard: Shard,
         #[command(flatten)]
         sampler: SamplerArgs,
     },
@@ -353,6 +360,7 @@ pub fn run(cmd: TrajCommand) -> Result<()> {
             checkpoint,
             n,
             out,
+            shard,
             sampler,
         } => {
             let net = read_roadmap(&data)?;
@@ -361,22 +369,31 @@ pub fn run(cmd: TrajCommand) -> Result<()> {
             if base.is_empty() {
                 bail!("{}: no requests", data.join("test.csv").display());
             }
-            let requests: Vec<_> = base.iter().cycle().take(n).copied().collect();
+            let range = shard.range(n);
+            let requests: Vec<_> = base
+                .iter()
+                .cycle()
+                .skip(range.start)
+                .take(range.len())
+                .copied()
+                .collect();
             let model = load_model(&checkpoint, &net)?;
-            let g = model.generate(
+            let g = model.generate_from(
                 &net,
                 &requests,
+                range.start as u64,
                 &sampler.config()?,
                 sampler.batch_size,
                 true,
             )?;
             match out.extension().and_then(|e| e.to_str()) {
-                Some("csv") => write_trips(
+                Some("csv") => write_trips_from(
                     &out,
                     &g.routes
                         .iter()
                         .map(|r| Trip::new(r.clone()))
                         .collect::<Vec<_>>(),
+                    range.start,
                 )?,
                 Some("geojson") | Some("json") => write_geojson(&out, &net, &g.routes, &requests)?,
                 _ => bail!("--out must end in .geojson or .csv"),

@@ -16,6 +16,7 @@
 //! | noise & LR schedules | [`schedule`] |
 //! | BD3-LM training | [`train`] |
 //! | block sampling | [`sample`] |
+//! | deterministic job sharding | [`shard`] |
 //! | unbounded streams (sliding KV window) | [`stream`] |
 //! | save / load | [`checkpoint`] |
 //! | reward (RL) fine-tuning | [`reward`] |
@@ -34,6 +35,7 @@ pub mod plot;
 pub mod reward;
 pub mod sample;
 pub mod schedule;
+pub mod shard;
 pub mod stream;
 pub mod synthetic;
 pub mod tokenizer;
@@ -44,5 +46,12 @@ pub mod twin;
 pub type CpuBackend = burn::backend::Flex;
 /// The CPU training backend.
 pub type CpuTrainBackend = burn::backend::Autodiff<burn::backend::Flex>;
+/// burn's CUDA backend (feature `cuda`): CUDA is loaded at run time, so building needs no
+/// GPU or toolkit; running needs an NVIDIA driver.
+#[cfg(feature = "cuda")]
+pub type CudaBackend = burn::backend::Cuda;
+/// The CUDA training backend.
+#[cfg(feature = "cuda")]
+pub type CudaTrainBackend = burn::backend::Autodiff<burn::backend::Cuda>;
 
 pub use burn;

@@ -64,7 +64,8 @@ pub struct SamplerConfig {
     pub max_len: usize,
     /// Stop a sequence once it has committed `EOS`.
     pub stop_at_eos: bool,
-    /// Seed; sample `i` of a call uses its own stream derived from `seed` and `i`.
+    /// Seed; request `i` of a call uses its own stream derived from `seed` and its id
+    /// ([`request_seed`]; ids are `0..n` unless given, [`sample_with_ids`]).
     pub seed: u64,
     /// Use the KV cache (false recomputes the whole sequence every call: the reference).
     pub use_cache: bool,
@@ -198,12 +199,66 @@ pub fn sample<B: Backend, C: Condition>(
     sample_observed(model, model_cfg, requests, constraint, cfg, device, |_| {})
 }
 
+/// The random stream of request `id` under `seed`: a request's tokens depend only on
+/// `(seed, id)` and its own condition, never on which other requests share its batch — so a
+/// job split into shards ([`crate::shard`]) reproduces a single run exactly.
+pub fn request_seed(seed: u64, id: u64) -> u64 {
+    seed ^ id.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+}
+
+/// Generates one sequence per request with explicit request ids (`ids[i]` seeds request `i`'s
+/// stream, see [`request_seed`]); [`sample`] uses ids `0..n`.
+pub fn sample_with_ids<B: Backend, C: Condition>(
+    model: &BlockDiffusionModel<B>,
+    model_cfg: &BlockDiffusionConfig,
+    requests: &[C],
+    ids: &[u64],
+    constraint: &dyn Constraint,
+    cfg: &SamplerConfig,
+    device: &B::Device,
+) -> Result<SampleOutput, SampleError> {
+    if ids.len() != requests.len() {
+        return Err(SampleError::Config(format!(
+            "{} request ids for {} requests",
+            ids.len(),
+            requests.len()
+        )));
+    }
+    sample_inner(
+        model,
+        model_cfg,
+        requests,
+        ids,
+        constraint,
+        cfg,
+        device,
+        |_| {},
+    )
+}
+
 /// Generates one sequence per request, calling `observe` after every model call.
 #[allow(clippy::too_many_arguments)]
 pub fn sample_observed<B: Backend, C: Condition>(
     model: &BlockDiffusionModel<B>,
     model_cfg: &BlockDiffusionConfig,
     requests: &[C],
+    constraint: &dyn Constraint,
+    cfg: &SamplerConfig,
+    device: &B::Device,
+    observe: impl FnMut(&StepView<'_>),
+) -> Result<SampleOutput, SampleError> {
+    let ids: Vec<u64> = (0..requests.len() as u64).collect();
+    sample_inner(
+        model, model_cfg, requests, &ids, constraint, cfg, device, observe,
+    )
+}
+
+#[allow(clippy::too_many_arguments)]
+fn sample_inner<B: Backend, C: Condition>(
+    model: &BlockDiffusionModel<B>,
+    model_cfg: &BlockDiffusionConfig,
+    requests: &[C],
+    ids: &[u64],
     constraint: &dyn Constraint,
     cfg: &SamplerConfig,
     device: &B::Device,
@@ -298,8 +353,9 @@ pub fn sample_observed<B: Backend, C: Condition>(
 
     // Per-request state: prompt ⊕ generated.
     let mut seqs: Vec<Vec<u32>> = requests.iter().map(|r| r.prompt().to_vec()).collect();
-    let mut rngs: Vec<StdRng> = (0..n)
-        .map(|i| StdRng::seed_from_u64(cfg.seed ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)))
+    let mut rngs: Vec<StdRng> = ids
+        .iter()
+        .map(|&id| StdRng::seed_from_u64(request_seed(cfg.seed, id)))
         .collect();
     let mut done = vec![false; n];
     let mut ended = vec![false; n];

@@ -12,6 +12,7 @@ use std::time::Instant;
 use burn::module::{Module, ModuleMapper, Param};
 use burn::optim::AdamWConfig;
 use burn::prelude::*;
+use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::Distribution;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -215,6 +216,7 @@ fn random_tokens(rng: &mut StdRng, n: usize, vocab: usize, masked_share: f64) ->
         .collect()
 }
 
+#[allow(clippy::too_many_arguments)]
 fn check<B: Backend>(
     model: &BlockDiffusionModel<B>,
     name: &str,
@@ -363,10 +365,16 @@ fn median(mut v: Vec<f64>) -> f64 {
     crate::bench::percentile(&v, 50.0)
 }
 
-/// Times our training step and sampler at the spec's shapes.
+/// Times our training step and sampler at the spec's shapes on the CPU backend.
 pub fn time_ours(spec: &TwinSpec) -> TwinTimings {
-    let device = Default::default();
-    <CpuTrainBackend as Backend>::seed(&device, spec.seed);
+    time_on::<CpuTrainBackend>(spec, &Default::default())
+}
+
+/// Times our training step and sampler at the spec's shapes on any backend (`CudaTrainBackend`
+/// with the `cuda` feature). The sampler reads logits back every call and a training step
+/// reads its loss, so the clocks see finished work.
+pub fn time_on<B: AutodiffBackend>(spec: &TwinSpec, device: &B::Device) -> TwinTimings {
+    B::seed(device, spec.seed);
     let cfg = spec.timing_config();
     let tcfg = spec.train_config();
     let mut rng = StdRng::seed_from_u64(spec.seed);
@@ -381,14 +389,14 @@ pub fn time_ours(spec: &TwinSpec) -> TwinTimings {
         })
         .collect();
     let refs: Vec<&Example> = data.iter().collect();
-    let mut model = cfg.init::<CpuTrainBackend>(&device);
+    let mut model = cfg.init::<B>(device);
     let mut optim = AdamWConfig::new()
         .with_weight_decay(tcfg.weight_decay as f32)
-        .init::<CpuTrainBackend, BlockDiffusionModel<CpuTrainBackend>>();
+        .init::<B, BlockDiffusionModel<B>>();
     let mut times = Vec::new();
     for step in 0..=spec.train_steps {
         let t = Instant::now();
-        let batch = noised_batch::<CpuTrainBackend>(
+        let batch = noised_batch::<B>(
             &refs,
             &cfg,
             &tcfg,
@@ -396,7 +404,7 @@ pub fn time_ours(spec: &TwinSpec) -> TwinTimings {
             Noise::Random,
             false,
             &mut rng,
-            &device,
+            device,
         );
         let (m, _) = train_step(model, &mut optim, batch, tcfg.lr, tcfg.grad_clip);
         model = m;
@@ -412,7 +420,7 @@ pub fn time_ours(spec: &TwinSpec) -> TwinTimings {
         let requests = vec![Conditioning::default(); batch];
         let mut runs = Vec::new();
         for rep in 0..=spec.repeats {
-            let out = sample(&model, &cfg, &requests, &Unconstrained, &scfg, &device)
+            let out = sample(&model, &cfg, &requests, &Unconstrained, &scfg, device)
                 .expect("twin sampler config is valid");
             nfe = out.stats.nfe;
             if rep > 0 {
@@ -519,11 +527,13 @@ pub fn run_twin(
 }
 
 /// Writes the case, runs the twin (check + timings) and times our side.
+/// `time_ours` times our side ([`time_ours`] on the CPU, [`time_on`] elsewhere).
 pub fn compare(
     spec: &TwinSpec,
     python: &Path,
     script: &Path,
     dir: &Path,
+    time_ours: impl FnOnce(&TwinSpec) -> TwinTimings,
 ) -> Result<TwinReport, TwinError> {
     write_case(dir, spec)?;
     let twin = run_twin(python, script, dir, false)?;

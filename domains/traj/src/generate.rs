@@ -8,7 +8,7 @@ use blockdiff_core::burn::prelude::*;
 use blockdiff_core::checkpoint::{self, read_json};
 use blockdiff_core::condition::{Conditioning, Example};
 use blockdiff_core::model::{BlockDiffusionConfig, BlockDiffusionModel};
-use blockdiff_core::sample::{sample, SampleStats, SamplerConfig};
+use blockdiff_core::sample::{sample_with_ids, SampleStats, SamplerConfig};
 use blockdiff_core::tokenizer::Tokenizer;
 use blockdiff_core::train::{train as core_train, CheckpointSpec, TrainConfig, TrainReport};
 use blockdiff_core::{CpuBackend, CpuTrainBackend};
@@ -237,6 +237,21 @@ impl<B: Backend> TrajModel<B> {
         batch: usize,
         progress: bool,
     ) -> Result<Generated, TrajError> {
+        self.generate_from(net, requests, 0, sampler, batch, progress)
+    }
+
+    /// Like [`Self::generate`] for a slice of a larger job that starts at request `first_id`:
+    /// request `i` is seeded by its global id `first_id + i`, so a sharded job
+    /// ([`blockdiff_core::shard`]) reproduces a single run exactly.
+    pub fn generate_from(
+        &self,
+        net: &RoadNetwork,
+        requests: &[TripRequest],
+        first_id: u64,
+        sampler: &SamplerConfig,
+        batch: usize,
+        progress: bool,
+    ) -> Result<Generated, TrajError> {
         if let Some(r) = requests
             .iter()
             .find(|r| r.origin >= net.len() || r.destination >= net.len())
@@ -267,6 +282,8 @@ impl<B: Backend> TrajModel<B> {
         // Chunks are independent (each has its own seed), so worker threads take them in
         // turn: at these sizes one sampler call cannot keep both cores busy on its own.
         let chunks: Vec<&[TripRequest]> = sorted.chunks(batch.max(1)).collect();
+        let ids: Vec<u64> = order.iter().map(|&i| first_id + i as u64).collect();
+        let id_chunks: Vec<&[u64]> = ids.chunks(batch.max(1)).collect();
         let next = std::sync::atomic::AtomicUsize::new(0);
         let workers = self.workers.max(1).min(chunks.len().max(1));
         type ChunkResult = Result<(usize, Vec<Vec<usize>>, SampleStats), TrajError>;
@@ -278,7 +295,14 @@ impl<B: Backend> TrajModel<B> {
                         loop {
                             let k = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                             let Some(chunk) = chunks.get(k) else { break };
-                            done.push(self.sample_chunk(chunk, k, &sampler, &constraint, &device));
+                            done.push(self.sample_chunk(
+                                chunk,
+                                id_chunks[k],
+                                k,
+                                &sampler,
+                                &constraint,
+                                &device,
+                            ));
                             bar.inc(chunk.len() as u64);
                         }
                         done
@@ -313,6 +337,7 @@ impl<B: Backend> TrajModel<B> {
     fn sample_chunk(
         &self,
         chunk: &[TripRequest],
+        ids: &[u64],
         k: usize,
         sampler: &SamplerConfig,
         constraint: &TopologyConstraint,
@@ -325,9 +350,15 @@ impl<B: Backend> TrajModel<B> {
                 vectors: None,
             })
             .collect();
-        let mut s = sampler.clone();
-        s.seed = sampler.seed.wrapping_add(k as u64);
-        let res = sample(&self.model, &self.config, &conds, constraint, &s, device)?;
+        let res = sample_with_ids(
+            &self.model,
+            &self.config,
+            &conds,
+            ids,
+            constraint,
+            sampler,
+            device,
+        )?;
         let mut routes = Vec::with_capacity(chunk.len());
         for (r, seq) in chunk.iter().zip(&res.sequences) {
             let mut route = vec![r.origin];

@@ -241,9 +241,17 @@ pub fn read_roadmap(dir: &Path) -> Result<RoadNetwork, TrajError> {
 
 /// Writes trips as a HOSER trajectory CSV.
 pub fn write_trips(path: &Path, trips: &[Trip]) -> Result<(), TrajError> {
+    write_trips_from(path, trips, 0)
+}
+
+/// Like [`write_trips`] for a slice of a larger job starting at row `first_id`: the id columns
+/// carry global row numbers, so shard files concatenated (headers after the first dropped)
+/// equal the single-run file.
+pub fn write_trips_from(path: &Path, trips: &[Trip], first_id: usize) -> Result<(), TrajError> {
     let bytes = csv_bytes(
         &["mm_id", "entity_id", "traj_id", "rid_list", "time_list"],
         trips.iter().enumerate().map(|(i, t)| {
+            let i = first_id + i;
             let rids: Vec<String> = t.route.iter().map(|r| r.to_string()).collect();
             let times = t
                 .times
