@@ -399,10 +399,12 @@ pub fn run(cmd: TrajCommand) -> Result<()> {
                 _ => bail!("--out must end in .geojson or .csv"),
             }
             println!(
-                "{} trips in {:.2} s ({:.0} trips/s, {:.2} tokens per forward) → {}",
-                n,
+                "{} trips (shard {shard}: ids {}..{}) in {:.2} s ({:.0} trips/s, {:.2} tokens per forward) → {}",
+                requests.len(),
+                range.start,
+                range.end,
                 g.stats.wall_s,
-                n as f64 / g.stats.wall_s.max(1e-9),
+                requests.len() as f64 / g.stats.wall_s.max(1e-9),
                 g.stats.tokens_per_forward(),
                 out.display()
             );
