@@ -168,6 +168,36 @@ fn machine() -> Value {
     })
 }
 
+/// Peak resident memory of this process since the last [`reset_peak_rss`] (Linux `VmHWM`),
+/// in MiB; `None` elsewhere.
+fn peak_rss_mib() -> Option<f64> {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()?
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse::<f64>()
+        .ok()
+        .map(|kb| kb / 1024.0)
+}
+
+/// Resets the peak-RSS counter (Linux ≥ 4.0: write `5` to `/proc/self/clear_refs`), so each
+/// bench reports its own peak.
+fn reset_peak_rss() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+/// Runs `f` and records its peak resident memory next to its result.
+fn with_peak(f: impl FnOnce() -> Result<Value>) -> Result<Value> {
+    reset_peak_rss();
+    let mut v = f()?;
+    if let Value::Object(m) = &mut v {
+        m.insert("peak_rss_mib".into(), json!(peak_rss_mib()));
+    }
+    Ok(v)
+}
+
 fn commit() -> String {
     std::process::Command::new("git")
         .args(["rev-parse", "--short=12", "HEAD"])
@@ -200,7 +230,7 @@ fn domain_bench(name: &str, missing: Option<String>, args: &[String], json: &Pat
                    "result": serde_json::from_slice::<Value>(&bytes)? }),
         )
     };
-    run().unwrap_or_else(|e| {
+    with_peak(run).unwrap_or_else(|e| {
         eprintln!("bench all: {name} failed: {e:#}");
         json!({ "skipped": format!("failed: {e:#}") })
     })
@@ -226,8 +256,14 @@ pub fn all(args: AllArgs) -> Result<()> {
         "commit": commit(),
         "config": { "task": task, "repeats": args.repeats },
     });
-    let core = crate::bench_core(Some(args.dir.join("core.json")), task, args.repeats)?;
-    out["core"] = serde_json::to_value(&core)?;
+    let mut core = None;
+    out["core"] = with_peak(|| {
+        let r = crate::bench_core(Some(args.dir.join("core.json")), task, args.repeats)?;
+        let v = serde_json::to_value(&r)?;
+        core = Some(r);
+        Ok(v)
+    })?;
+    let core = core.expect("set by the core bench");
     let twin_args = TwinArgs {
         size: match args.task {
             TaskSize::Small => TwinSize::Small,
@@ -239,13 +275,15 @@ pub fn all(args: AllArgs) -> Result<()> {
         json: None,
         device: BenchDevice::Cpu,
     };
-    out["twin"] = match twin(twin_args) {
-        Ok(r) => serde_json::to_value(&r)?,
-        Err(e) => {
-            eprintln!("bench all: twin skipped: {e:#}");
-            json!({ "skipped": format!("{e:#}") })
-        }
-    };
+    out["twin"] = with_peak(|| {
+        Ok(match twin(twin_args) {
+            Ok(r) => serde_json::to_value(&r)?,
+            Err(e) => {
+                eprintln!("bench all: twin skipped: {e:#}");
+                json!({ "skipped": format!("{e:#}") })
+            }
+        })
+    })?;
     let j = |name: &str| args.dir.join(format!("{name}.json"));
     let (td, tc) = (args.traj.join("data"), args.traj.join("checkpoint"));
     out["traj"] = domain_bench(
@@ -354,6 +392,11 @@ pub fn all(args: AllArgs) -> Result<()> {
                 .as_f64()
                 .unwrap_or(f64::NAN)
         );
+    }
+    for name in ["core", "twin", "traj", "robot", "music", "dag"] {
+        if let Some(p) = out[name]["peak_rss_mib"].as_f64() {
+            println!("| {name} peak memory | {p:.0} MiB resident |");
+        }
     }
     for name in ["traj", "robot", "music", "dag"] {
         let v = &out[name];
