@@ -7,21 +7,38 @@ use blockdiff::core::burn::optim::{AdamWConfig, GradientsParams, Optimizer};
 use blockdiff::core::burn::prelude::*;
 use blockdiff::core::condition::Example;
 use blockdiff::core::model::BlockDiffusionModel;
-use blockdiff::core::train::{batch_loss, noised_batch, Noise};
+use blockdiff::core::train::{batch_loss, noised_batch, Noise, NoisedBatch};
 use blockdiff::core::twin::TwinSpec;
 use blockdiff::core::{CpuBackend, CpuTrainBackend};
 use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
+use rand::SeedableRng;
+
+/// The twin's noised training batch on backend `B`.
+fn noise<B: Backend>(
+    refs: &[&Example],
+    spec: &TwinSpec,
+    rng: &mut StdRng,
+    device: &B::Device,
+) -> NoisedBatch<B> {
+    let (cfg, tcfg) = (spec.timing_config(), spec.train_config());
+    noised_batch::<B>(
+        refs,
+        &cfg,
+        &tcfg,
+        spec.block_size,
+        Noise::Random,
+        false,
+        rng,
+        device,
+    )
+}
 
 fn main() {
     let spec = TwinSpec::full();
     let device = Default::default();
     let cfg = spec.timing_config();
-    let tcfg = spec.train_config();
     let mut rng = StdRng::seed_from_u64(1);
-    let data: Vec<Example> = (0..spec.train_batch)
-        .map(|_| Example::tokens((0..spec.seq_len).map(|_| rng.random_range(4..36)).collect()))
-        .collect();
+    let data = spec.timing_data(&mut rng);
     let refs: Vec<&Example> = data.iter().collect();
     let mut model = cfg.init::<CpuTrainBackend>(&device);
     let mut optim =
@@ -31,26 +48,8 @@ fn main() {
     let (mut t_batch, mut t_inf, mut t_fwd, mut t_bwd, mut t_opt) = (0.0, 0.0, 0.0, 0.0, 0.0);
     for _ in 0..n {
         let t = Instant::now();
-        let batch = noised_batch::<CpuTrainBackend>(
-            &refs,
-            &cfg,
-            &tcfg,
-            spec.block_size,
-            Noise::Random,
-            false,
-            &mut rng,
-            &device,
-        );
-        let b2 = noised_batch::<CpuBackend>(
-            &refs,
-            &cfg,
-            &tcfg,
-            spec.block_size,
-            Noise::Random,
-            false,
-            &mut rng,
-            &device,
-        );
+        let batch = noise::<CpuTrainBackend>(&refs, &spec, &mut rng, &device);
+        let b2 = noise::<CpuBackend>(&refs, &spec, &mut rng, &device);
         t_batch += t.elapsed().as_secs_f64();
         let t = Instant::now();
         let l: f32 = batch_loss(&inner, b2).into_scalar().elem();

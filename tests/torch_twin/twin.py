@@ -142,7 +142,7 @@ def training_allowed(ctx, length, block):
     return is_ctx[None, :] | tok
 
 
-def check(model, case_dir, case):
+def check(model, case):
     out = []
     with torch.inference_mode():
         for c in case["checks"]:
@@ -247,7 +247,7 @@ def main():
     spec = case["spec"]
     model = BlockDiffusion(cfg)
     model.load_blockdiff(os.path.join(args.case, "model.safetensors"))
-    checks = check(model, args.case, case)
+    checks = check(model, case)
     result = {
         "torch": torch.__version__,
         "checks": checks,

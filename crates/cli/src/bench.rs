@@ -10,19 +10,12 @@ use serde_json::{json, Value};
 
 use crate::{Cli, TaskSize};
 
-#[derive(Clone, Copy, ValueEnum)]
-pub enum TwinSize {
-    /// The core Markov task's small model (d 64, 2 layers, block 8).
-    Small,
-    /// Its full model (d 128, 4 layers, block 16).
-    Full,
-}
-
 #[derive(Args)]
 pub struct TwinArgs {
-    /// Model size.
-    #[arg(long, value_enum, default_value_t = TwinSize::Full)]
-    pub size: TwinSize,
+    /// Model size: the core Markov task's small (d 64, 2 layers, block 8) or full model
+    /// (d 128, 4 layers, block 16).
+    #[arg(long, value_enum, default_value_t = TaskSize::Full)]
+    pub size: TaskSize,
     /// Python with torch (default: `$BLOCKDIFF_TWIN_PYTHON`, else the virtualenv of
     /// `tests/torch_twin/setup.sh`, else `python3`).
     #[arg(long)]
@@ -64,27 +57,15 @@ fn timer(device: BenchDevice) -> Result<fn(&TwinSpec) -> twin::TwinTimings> {
     }
 }
 
-/// The interpreter the twin runs with.
-pub fn twin_python(explicit: Option<PathBuf>) -> PathBuf {
-    if let Some(p) =
-        explicit.or_else(|| std::env::var_os("BLOCKDIFF_TWIN_PYTHON").map(PathBuf::from))
-    {
-        return p;
-    }
-    let venv = std::env::var_os("HOME")
-        .map(|h| PathBuf::from(h).join(".cache/blockdiff-twin-venv/bin/python"));
-    match venv {
-        Some(p) if p.exists() => p,
-        _ => PathBuf::from("python3"),
-    }
-}
-
 pub fn twin(args: TwinArgs) -> Result<TwinReport> {
     let spec = match args.size {
-        TwinSize::Small => TwinSpec::small(),
-        TwinSize::Full => TwinSpec::full(),
+        TaskSize::Small => TwinSpec::small(),
+        TaskSize::Full => TwinSpec::full(),
     };
-    let python = twin_python(args.python);
+    let python = args
+        .python
+        .or_else(twin::default_python)
+        .unwrap_or_else(|| PathBuf::from("python3"));
     eprintln!(
         "PyTorch twin: d_model {}, {} layers, seq {} / block {}; python {}",
         spec.d_model,
@@ -265,10 +246,7 @@ pub fn all(args: AllArgs) -> Result<()> {
     })?;
     let core = core.expect("set by the core bench");
     let twin_args = TwinArgs {
-        size: match args.task {
-            TaskSize::Small => TwinSize::Small,
-            TaskSize::Full => TwinSize::Full,
-        },
+        size: args.task,
         python: args.python.clone(),
         script: PathBuf::from("tests/torch_twin/twin.py"),
         dir: args.dir.join("twin"),

@@ -200,6 +200,12 @@ pub fn fit_markov(
     (model, fit)
 }
 
+/// Median (the lower one for an even count) of unsorted values. NaN when empty.
+pub fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    percentile(&values, 50.0)
+}
+
 /// Percentile (nearest rank) of sorted values, `p` in percent. NaN when empty.
 pub fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
@@ -277,8 +283,7 @@ pub fn measure_decoding(
             count += 1;
         }
     }
-    walls.sort_by(f64::total_cmp);
-    let wall = walls[walls.len() / 2];
+    let wall = median(walls);
     let nfe = nfe_total as f64 / repeats as f64;
     DecodeRun {
         name: name.to_string(),

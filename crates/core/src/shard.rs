@@ -20,9 +20,6 @@ pub struct Shard {
 }
 
 impl Shard {
-    /// The whole job.
-    pub const ALL: Shard = Shard { index: 0, count: 1 };
-
     /// Checked constructor.
     pub fn new(index: usize, count: usize) -> Result<Self, String> {
         if count == 0 || index >= count {

@@ -18,13 +18,14 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
+use crate::bench::median;
 use crate::checkpoint::{self, write_json};
 use crate::condition::{Conditioning, Example};
 use crate::constraint::Unconstrained;
 use crate::error::CheckpointError;
 use crate::mask::{self, MaskTable};
 use crate::model::{BlockDiffusionConfig, BlockDiffusionModel, ForwardInput};
-use crate::sample::{sample, to_vec, CommitPolicy, SamplerConfig};
+use crate::sample::{int_tensor, sample, to_vec, CommitPolicy, SamplerConfig};
 use crate::tokenizer::NUM_CORE_SPECIALS;
 use crate::train::{noised_batch, train_step, Noise, TrainConfig};
 use crate::{CpuBackend, CpuTrainBackend};
@@ -138,6 +139,20 @@ impl TwinSpec {
             .with_progress(false)
     }
 
+    /// One training batch of uniformly random symbols (`train_batch` × `seq_len`).
+    pub fn timing_data(&self, rng: &mut StdRng) -> Vec<Example> {
+        (0..self.train_batch)
+            .map(|_| {
+                Example::tokens(
+                    random_tokens(rng, self.seq_len, self.n_symbols, 0.0)
+                        .into_iter()
+                        .map(|t| t + NUM_CORE_SPECIALS)
+                        .collect(),
+                )
+            })
+            .collect()
+    }
+
     /// The sampler of the timed runs.
     pub fn sampler_config(&self) -> SamplerConfig {
         SamplerConfig {
@@ -229,7 +244,7 @@ fn check<B: Backend>(
     device: &B::Device,
 ) -> LogitCheck {
     let (batch, n) = (tokens.len(), tokens[0].len());
-    let flat: Vec<i64> = tokens.iter().flatten().map(|&t| t as i64).collect();
+    let flat: Vec<u32> = tokens.concat();
     let cond_t = cond.as_ref().map(|c| {
         let v: Vec<f32> = c.iter().flatten().copied().collect();
         Tensor::<B, 1>::from_floats(v.as_slice(), device).reshape([
@@ -244,8 +259,7 @@ fn check<B: Backend>(
         .map(|r| r.iter().map(|&b| b as u8).collect())
         .collect();
     let input = ForwardInput {
-        tokens: Tensor::<B, 1, Int>::from_data(TensorData::new(flat, [batch * n]), device)
-            .reshape([batch, n]),
+        tokens: int_tensor::<B>(&flat, batch, n, device),
         positions: positions.clone(),
         cond: cond_t,
         cond_drop: None,
@@ -360,11 +374,6 @@ pub struct TwinTimings {
     pub threads: usize,
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    crate::bench::percentile(&v, 50.0)
-}
-
 /// Times our training step and sampler at the spec's shapes on the CPU backend.
 pub fn time_ours(spec: &TwinSpec) -> TwinTimings {
     time_on::<CpuTrainBackend>(spec, &Default::default())
@@ -378,16 +387,7 @@ pub fn time_on<B: AutodiffBackend>(spec: &TwinSpec, device: &B::Device) -> TwinT
     let cfg = spec.timing_config();
     let tcfg = spec.train_config();
     let mut rng = StdRng::seed_from_u64(spec.seed);
-    let data: Vec<Example> = (0..spec.train_batch)
-        .map(|_| {
-            Example::tokens(
-                random_tokens(&mut rng, spec.seq_len, spec.n_symbols, 0.0)
-                    .into_iter()
-                    .map(|t| t + NUM_CORE_SPECIALS)
-                    .collect(),
-            )
-        })
-        .collect();
+    let data = spec.timing_data(&mut rng);
     let refs: Vec<&Example> = data.iter().collect();
     let mut model = cfg.init::<B>(device);
     let mut optim = AdamWConfig::new()
@@ -487,6 +487,25 @@ pub enum TwinError {
     },
 }
 
+/// The interpreter with torch for the twin: `$BLOCKDIFF_TWIN_PYTHON` if set and non-empty,
+/// else the virtualenv `tests/torch_twin/setup.sh` makes, if it exists.
+pub fn default_python() -> Option<std::path::PathBuf> {
+    if let Some(p) = std::env::var_os("BLOCKDIFF_TWIN_PYTHON").filter(|p| !p.is_empty()) {
+        return Some(p.into());
+    }
+    let home = std::env::var_os("HOME")?;
+    let p = std::path::PathBuf::from(home).join(".cache/blockdiff-twin-venv/bin/python");
+    p.exists().then_some(p)
+}
+
+/// Seconds of `t`'s sample at `batch`; NaN when it was not measured.
+fn sample_time(t: &TwinTimings, batch: usize) -> f64 {
+    t.sample_s
+        .iter()
+        .find(|(b, _)| *b == batch)
+        .map_or(f64::NAN, |x| x.1)
+}
+
 /// Runs the twin script on a case written to `dir`: `--check-only` skips its timings.
 pub fn run_twin(
     python: &Path,
@@ -543,14 +562,7 @@ pub fn compare(
     let by_batch: Vec<(usize, f64)> = ours
         .sample_s
         .iter()
-        .map(|&(batch, s)| {
-            let t = theirs
-                .sample_s
-                .iter()
-                .find(|(b, _)| *b == batch)
-                .map_or(f64::NAN, |x| x.1);
-            (batch, ratio(t, s))
-        })
+        .map(|&(batch, s)| (batch, ratio(sample_time(&theirs, batch), s)))
         .collect();
     Ok(TwinReport {
         spec: spec.clone(),
@@ -577,19 +589,15 @@ pub fn markdown_table(r: &TwinReport) -> String {
         theirs.train_step_s * 1e3,
         r.training_speedup
     );
-    for (i, &(batch, ours)) in r.ours.sample_s.iter().enumerate() {
-        let t = theirs
-            .sample_s
-            .iter()
-            .find(|(b, _)| *b == batch)
-            .map_or(f64::NAN, |x| x.1);
+    for &(batch, ours) in &r.ours.sample_s {
+        let t = sample_time(&theirs, batch);
         s += &format!(
             "| sample {} tokens, batch {batch}, {} NFE, ms | {:.1} | {:.1} | {:.2}× |\n",
             r.spec.seq_len,
             r.ours.nfe,
             ours * 1e3,
             t * 1e3,
-            r.sampling_speedup_by_batch[i].1
+            t / ours
         );
     }
     s += &format!("| max \\|Δ logit\\| | | | {:.2e} |\n", r.max_abs_logit_diff);

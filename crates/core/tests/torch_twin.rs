@@ -6,20 +6,11 @@
 
 use std::path::PathBuf;
 
-use blockdiff_core::twin::{run_twin, write_case, TwinSpec};
-
-fn twin_python() -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("BLOCKDIFF_TWIN_PYTHON").filter(|p| !p.is_empty()) {
-        return Some(PathBuf::from(p));
-    }
-    let home = std::env::var_os("HOME")?;
-    let p = PathBuf::from(home).join(".cache/blockdiff-twin-venv/bin/python");
-    p.exists().then_some(p)
-}
+use blockdiff_core::twin::{default_python, run_twin, write_case, TwinSpec};
 
 #[test]
 fn torch_twin_reproduces_our_logits() {
-    let Some(python) = twin_python() else {
+    let Some(python) = default_python() else {
         eprintln!(
             "SKIPPED torch_twin_reproduces_our_logits: no PyTorch (run tests/torch_twin/setup.sh \
              or set BLOCKDIFF_TWIN_PYTHON)"
