@@ -80,6 +80,49 @@ pub fn append_mask_data(cached: usize, clean: usize, noisy: usize) -> Vec<bool> 
     blocked
 }
 
+/// [`append_mask_data`] with the noisy part made of `blocks` consecutive blocks of `b`
+/// (block-causal among them: deferred decoding's look-ahead). Shape
+/// `[clean + blocks·b, cached + clean + blocks·b]`.
+pub fn append_blocks_mask_data(cached: usize, clean: usize, b: usize, blocks: usize) -> Vec<bool> {
+    let q = clean + blocks * b;
+    let k = cached + q;
+    let mut blocked = vec![false; q * k];
+    for r in 0..q {
+        let visible = if r < clean {
+            cached + clean
+        } else {
+            cached + clean + ((r - clean) / b + 1) * b
+        };
+        blocked[r * k + visible..(r + 1) * k]
+            .iter_mut()
+            .for_each(|x| *x = true);
+    }
+    blocked
+}
+
+/// The self-speculative verifier's mask (S2D2's "2L" mask) for one block of `b` drafted
+/// tokens on top of `cached` positions: queries and keys are `[x_t (b, all MASK) ⊕ x_0 (b, the
+/// draft)]` after the cache. `x_t` row `i` sees the cache, itself and draft tokens `< i`;
+/// `x_0` row `i` sees the cache and draft tokens `≤ i`. That is the block-size-1 training
+/// mask, so `x_t` row `i` gives the autoregressive prediction of token `i` given the draft's
+/// prefix — every position verified in one model call. Shape `[2b, cached + 2b]`.
+pub fn verifier_mask_data(cached: usize, b: usize) -> Vec<bool> {
+    let k = cached + 2 * b;
+    let mut blocked = vec![true; 2 * b * k];
+    for r in 0..2 * b {
+        let row = &mut blocked[r * k..(r + 1) * k];
+        row[..cached].iter_mut().for_each(|x| *x = false);
+        if r < b {
+            row[cached + r] = false;
+            row[cached + b..cached + b + r].iter_mut().for_each(|x| *x = false);
+        } else {
+            let i = r - b;
+            row[cached + b..cached + b + i + 1].iter_mut().for_each(|x| *x = false);
+        }
+    }
+    blocked
+}
+
 /// A `[q, k]` attention mask table (true = blocked), kept on the CPU until a forward pass
 /// materialises it at the shape it needs.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -300,6 +300,85 @@ pub fn scaled_attention<B: Backend>(
     softmax(scores, 3).matmul(v)
 }
 
+/// One part of an attention computation over a subset of the keys: the softmax-normalised
+/// output over those keys and the log-sum-exp of their scores (`[batch, heads, q, 1]`). Two
+/// parts over disjoint key sets merge exactly into attention over their union
+/// ([`merge_attention`]) — the identity FlashBlock uses to reuse the block-external part.
+#[derive(Clone, Debug)]
+pub struct AttentionPart<B: Backend> {
+    /// Output `[batch, heads, q, head_dim]`.
+    pub out: Tensor<B, 4>,
+    /// Log-sum-exp of the scaled scores `[batch, heads, q, 1]`.
+    pub lse: Tensor<B, 4>,
+}
+
+/// Unmasked attention of `q` over `k`/`v`, returned as an [`AttentionPart`].
+pub fn attention_part<B: Backend>(
+    q: Tensor<B, 4>,
+    k: Tensor<B, 4>,
+    v: Tensor<B, 4>,
+) -> AttentionPart<B> {
+    let d = q.dims()[3];
+    let scores = q.matmul(k.swap_dims(2, 3)) * (1.0 / (d as f64).sqrt());
+    let max = scores.clone().max_dim(3);
+    let e = (scores - max.clone()).exp();
+    let sum = e.clone().sum_dim(3);
+    AttentionPart {
+        out: (e / sum.clone()).matmul(v),
+        lse: max + sum.log(),
+    }
+}
+
+/// Attention over the union of two disjoint key sets from their parts:
+/// `(e^{lse_a} o_a + e^{lse_b} o_b) / (e^{lse_a} + e^{lse_b})`, computed stably.
+pub fn merge_attention<B: Backend>(a: &AttentionPart<B>, b: &AttentionPart<B>) -> Tensor<B, 4> {
+    let m = a.lse.clone().max_pair(b.lse.clone());
+    let wa = (a.lse.clone() - m.clone()).exp();
+    let wb = (b.lse.clone() - m).exp();
+    (a.out.clone() * wa.clone() + b.out.clone() * wb.clone()) / (wa + wb)
+}
+
+/// FlashBlock reuse inside one layer (see [`FlashBlockState`]).
+enum LayerFlash<'a, B: Backend> {
+    /// Plain attention.
+    Off,
+    /// The last `block` query rows see every key: compute their attention as an external part
+    /// (all earlier keys) merged with the block-internal part, and keep the external part.
+    Record {
+        block: usize,
+        out: &'a mut Vec<AttentionPart<B>>,
+    },
+    /// The input is the block alone: attend inside it and merge with a kept external part
+    /// instead of attending to the cache again.
+    Reuse(&'a AttentionPart<B>),
+}
+
+/// The block-external attention parts of every layer, recorded at a block's first model call
+/// and reused on its later calls (FlashBlock). The merge is exact; what is approximate is the
+/// reuse: the block's queries change as tokens are committed, and the kept part was computed
+/// with the first call's queries (`blockdiff bench samplers` measures the effect).
+#[derive(Clone, Debug, Default)]
+pub struct FlashBlockState<B: Backend> {
+    layers: Vec<AttentionPart<B>>,
+}
+
+impl<B: Backend> FlashBlockState<B> {
+    /// Nothing recorded.
+    pub fn new() -> Self {
+        Self { layers: Vec::new() }
+    }
+
+    /// True once a first call has recorded the external parts.
+    pub fn is_recorded(&self) -> bool {
+        !self.layers.is_empty()
+    }
+
+    /// Forgets the recorded parts (a new block starts).
+    pub fn clear(&mut self) {
+        self.layers.clear();
+    }
+}
+
 /// Additive bias of a blocked attention entry. −∞ rather than a large finite value: glibc's
 /// `expf` returns 0 for −∞ at once but takes a slow underflow path for finite values below
 /// −104 (measured 8% of a training step). Every mask row keeps at least one visible key, so no
@@ -317,6 +396,7 @@ impl<B: Backend> TransformerBlock<B> {
         n_heads: usize,
         past: Option<&LayerKv<B>>,
         bias: Option<Tensor<B, 2>>,
+        flash: LayerFlash<'_, B>,
     ) -> (Tensor<B, 3>, LayerKv<B>) {
         let [batch, n, d] = x.dims();
         let dh = d / n_heads;
@@ -329,14 +409,24 @@ impl<B: Backend> TransformerBlock<B> {
             k: k.clone(),
             v: v.clone(),
         };
-        let (k_all, v_all) = match past {
-            Some(p) => (
-                Tensor::cat(vec![p.k.clone(), k], 2),
-                Tensor::cat(vec![p.v.clone(), v], 2),
-            ),
-            None => (k, v),
+        let a = match flash {
+            LayerFlash::Reuse(ext) => merge_attention(ext, &attention_part(q, k, v)),
+            flash => {
+                let (k_all, v_all) = match past {
+                    Some(p) => (
+                        Tensor::cat(vec![p.k.clone(), k], 2),
+                        Tensor::cat(vec![p.v.clone(), v], 2),
+                    ),
+                    None => (k, v),
+                };
+                match flash {
+                    LayerFlash::Record { block, out } => {
+                        record_external(q, k_all, v_all, bias, block, out)
+                    }
+                    _ => scaled_attention(q, k_all, v_all, bias),
+                }
+            }
         };
-        let a = scaled_attention(q, k_all, v_all, bias);
         let a = a.swap_dims(1, 2).reshape([batch, n, d]);
         let x = x + self.wo.forward(a);
         let h = self.mlp_norm.forward(x.clone());
@@ -345,6 +435,47 @@ impl<B: Backend> TransformerBlock<B> {
             .forward(silu(self.w_gate.forward(h.clone())) * self.w_up.forward(h));
         (x + m, own)
     }
+}
+
+/// Attention where the last `block` query rows see every key (the sampler's noisy block): the
+/// earlier rows go through [`scaled_attention`] with their slice of `bias`; the block rows are
+/// computed as external ⊕ internal parts, and the external part is pushed to `out`.
+fn record_external<B: Backend>(
+    q: Tensor<B, 4>,
+    k: Tensor<B, 4>,
+    v: Tensor<B, 4>,
+    bias: Option<Tensor<B, 2>>,
+    block: usize,
+    out: &mut Vec<AttentionPart<B>>,
+) -> Tensor<B, 4> {
+    let [_, _, nq, _] = q.dims();
+    let nk = k.dims()[2];
+    let (ext_n, head_n) = (nk - block, nq - block);
+    let q_blk = q.clone().narrow(2, head_n, block);
+    let internal = attention_part(
+        q_blk.clone(),
+        k.clone().narrow(2, ext_n, block),
+        v.clone().narrow(2, ext_n, block),
+    );
+    let blk = if ext_n == 0 {
+        // Nothing outside the block: an empty external part (lse = −∞) merges to the internal.
+        out.push(AttentionPart {
+            out: internal.out.zeros_like(),
+            lse: internal.lse.full_like(f32::NEG_INFINITY),
+        });
+        internal.out
+    } else {
+        let external = attention_part(q_blk, k.clone().narrow(2, 0, ext_n), v.clone().narrow(2, 0, ext_n));
+        let merged = merge_attention(&external, &internal);
+        out.push(external);
+        merged
+    };
+    if head_n == 0 {
+        return blk;
+    }
+    let head_bias = bias.map(|b| b.narrow(1, 0, head_n * nk));
+    let head = scaled_attention(q.narrow(2, 0, head_n), k, v, head_bias);
+    Tensor::cat(vec![head, blk], 2)
 }
 
 /// The block-diffusion transformer. See the module docs.
@@ -452,11 +583,39 @@ impl<B: Backend> BlockDiffusionModel<B> {
         (self.head.forward(self.norm.forward(h)), kvs)
     }
 
+    /// [`Self::forward_range`] with FlashBlock reuse for a sampling call whose last `len` token
+    /// positions are the noisy block and see every key. With an empty `state` the call records
+    /// each layer's block-external attention part (exact); with a recorded one, `input` must be
+    /// the block alone and attention to the cache is replaced by the recorded parts.
+    pub fn forward_block_flash(
+        &self,
+        input: ForwardInput<B>,
+        cache: Option<&KvCache<B>>,
+        from: usize,
+        len: usize,
+        state: &mut FlashBlockState<B>,
+    ) -> (Tensor<B, 3>, Vec<LayerKv<B>>) {
+        let (h, kvs, n_cond) = self.hidden_with(input, cache, Some((len, state)));
+        let h = h.narrow(1, n_cond + from, len);
+        (self.head.forward(self.norm.forward(h)), kvs)
+    }
+
     fn hidden(
         &self,
         input: ForwardInput<B>,
         cache: Option<&KvCache<B>>,
     ) -> (Tensor<B, 3>, Vec<LayerKv<B>>, usize) {
+        self.hidden_with(input, cache, None)
+    }
+
+    fn hidden_with(
+        &self,
+        input: ForwardInput<B>,
+        cache: Option<&KvCache<B>>,
+        mut flash: Option<(usize, &mut FlashBlockState<B>)>,
+    ) -> (Tensor<B, 3>, Vec<LayerKv<B>>, usize) {
+        let reuse = flash.as_ref().is_some_and(|(_, s)| s.is_recorded());
+        let mut recorded = Vec::new();
         let device = input.tokens.device();
         let mut x = self.embed(input.tokens);
         let mut positions = input.positions;
@@ -482,9 +641,22 @@ impl<B: Backend> BlockDiffusionModel<B> {
         let mut kvs = Vec::with_capacity(self.layers.len());
         for (i, layer) in self.layers.iter().enumerate() {
             let past = cache.and_then(|c| c.layer(i));
-            let (y, kv) = layer.forward(x, &rope, self.n_heads, past, bias.clone());
+            let mode = match &flash {
+                None => LayerFlash::Off,
+                Some((_, state)) if reuse => LayerFlash::Reuse(&state.layers[i]),
+                Some((block, _)) => LayerFlash::Record {
+                    block: *block,
+                    out: &mut recorded,
+                },
+            };
+            let (y, kv) = layer.forward(x, &rope, self.n_heads, past, bias.clone(), mode);
             x = y;
             kvs.push(kv);
+        }
+        if let Some((_, state)) = flash.as_mut() {
+            if !reuse {
+                state.layers = recorded;
+            }
         }
         (x, kvs, n_cond)
     }

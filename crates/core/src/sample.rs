@@ -17,7 +17,10 @@ use crate::condition::Condition;
 use crate::constraint::Constraint;
 use crate::error::SampleError;
 use crate::mask;
-use crate::model::{BlockDiffusionConfig, BlockDiffusionModel, ForwardInput};
+use crate::model::{BlockDiffusionConfig, BlockDiffusionModel, FlashBlockState, ForwardInput};
+
+mod steps;
+pub use steps::uniform_noise_ids;
 use crate::tokenizer::{BOS, EOS, MASK, PAD};
 
 /// How many masked tokens of a block are committed per model call.
@@ -45,6 +48,82 @@ pub enum CommitPolicy {
     /// First-hitting sampling: one uniformly chosen masked position per step, its token drawn
     /// from the model — an exact sampler of the masked-diffusion reverse process.
     FirstHitting,
+    /// Self-speculative decoding (S2D2): every step drafts the block's first run of masked
+    /// positions from the diffusion prediction, then the same weights in block-size-1 mode
+    /// verify the whole draft in one extra model call ([`crate::mask::verifier_mask_data`]).
+    /// Draft tokens are accepted left to right with probability `min(1, q/p)`; the first
+    /// rejected one is resampled from `normalise((q − p)+)`. With [`SpecRouting::Always`] the
+    /// samples follow the autoregressive mode's distribution exactly.
+    Speculative {
+        /// When a step verifies.
+        routing: SpecRouting,
+    },
+    /// Deferred commitment (DCD): a confidence-aware sliding window `[L, R)` over masked
+    /// positions, `L` the leftmost mask; every window position with confidence `≥ tau` is
+    /// committed (at least the most confident one), uncertain ones are deferred. After each
+    /// step `R` grows until the window again holds `window` masks, at most `max_window` wide,
+    /// and it may reach into the next block: that block is then decoded in the same model call
+    /// (block-causal: it sees the current block, not the other way round).
+    Deferred {
+        /// Confidence threshold.
+        tau: f32,
+        /// Masked positions the window holds (DCD's `s_init`).
+        window: usize,
+        /// Widest window (DCD's `s_max`).
+        max_window: usize,
+    },
+    /// Uniform-state diffusion (for models trained with
+    /// [`crate::train::NoiseKernel::Uniform`]): a block starts from uniformly random tokens and
+    /// takes `steps` ancestral steps of the uniform kernel's reverse process with the
+    /// leave-one-out denoiser; the last step is taken left to right so every token is checked
+    /// against its final neighbours. `corrector_rounds` informed-corrector (rev_udm) rounds
+    /// after each step except the last each resample the `corrector_k` positions whose
+    /// current token has the lowest log-margin.
+    Uniform {
+        /// Reverse steps per block.
+        steps: usize,
+        /// Positions resampled per corrector round.
+        corrector_k: usize,
+        /// Corrector rounds after each predictor step (0 = none), one model call each.
+        corrector_rounds: usize,
+    },
+}
+
+/// When [`CommitPolicy::Speculative`] pays for a verification call.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub enum SpecRouting {
+    /// Verify every step; commit only verified tokens (exact AR distribution).
+    Always,
+    /// S2D2's score routing. Each drafted position gets an acceptance estimate
+    /// `α_i = exp(−H_i / ln V)` from its draft entropy; the expected accepted length is
+    /// `E[K] = Σ_k Π_{i≤k} α_i`. The step verifies when `E[K] − cost · n ≥ 0`, with `n = 1`
+    /// (static) or, when `dynamic`, the number of masked positions whose confidence is
+    /// `≥ tau` (what the threshold rule would commit without verifying). Otherwise it commits
+    /// by the threshold rule `tau`.
+    Score {
+        /// Cost of a verification call in accepted tokens.
+        cost: f32,
+        /// Compare with the threshold rule's count instead of 1.
+        dynamic: bool,
+        /// Threshold of the fallback rule.
+        tau: f32,
+    },
+}
+
+/// A corrector run when a block is complete, before it is finished.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Corrector {
+    /// ARPC (BlockGen): one call in block-size-1 mode scores every token of the complete block
+    /// by its AR negative log-likelihood given the block to its left; the `remask` tokens the
+    /// AR mode finds least likely (and below `max_prob`) are re-masked and decoded again.
+    Arpc {
+        /// Tokens re-masked per round.
+        remask: usize,
+        /// Rounds per block.
+        rounds: usize,
+        /// Only tokens whose AR probability is below this are re-masked.
+        max_prob: f32,
+    },
 }
 
 /// Sampler settings.
@@ -69,6 +148,14 @@ pub struct SamplerConfig {
     pub seed: u64,
     /// Use the KV cache (false recomputes the whole sequence every call: the reference).
     pub use_cache: bool,
+    /// FlashBlock: keep each layer's attention to the cache from a block's first call and
+    /// merge it with in-block attention on later calls instead of attending to the cache again
+    /// (approximate: the kept part used the first call's queries).
+    #[serde(default)]
+    pub flashblock: bool,
+    /// Corrector applied to complete blocks.
+    #[serde(default)]
+    pub corrector: Option<Corrector>,
 }
 
 impl Default for SamplerConfig {
@@ -83,6 +170,8 @@ impl Default for SamplerConfig {
             stop_at_eos: true,
             seed: 0,
             use_cache: true,
+            flashblock: false,
+            corrector: None,
         }
     }
 }
@@ -119,10 +208,40 @@ impl SamplerConfig {
             CommitPolicy::TopK { k } | CommitPolicy::DynamicFallback { k, .. } if k == 0 => {
                 bad("policy k must be > 0")
             }
-            CommitPolicy::Threshold { tau } | CommitPolicy::DynamicFallback { tau, .. }
-                if !(tau > 0.0 && tau <= 1.0) =>
-            {
-                bad("policy tau must be in (0, 1]")
+            CommitPolicy::Threshold { tau }
+            | CommitPolicy::DynamicFallback { tau, .. }
+            | CommitPolicy::Deferred { tau, .. }
+            | CommitPolicy::Speculative {
+                routing: SpecRouting::Score { tau, .. },
+            } if !(tau > 0.0 && tau <= 1.0) => bad("policy tau must be in (0, 1]"),
+            CommitPolicy::Speculative {
+                routing: SpecRouting::Score { cost, .. },
+            } if !(cost.is_finite() && cost >= 0.0) => bad("routing cost must be finite and >= 0"),
+            CommitPolicy::Deferred {
+                window, max_window, ..
+            } if window == 0 || max_window < window => {
+                bad("deferred window must be > 0 and <= max_window")
+            }
+            CommitPolicy::Uniform { steps, .. } if steps == 0 => bad("uniform steps must be > 0"),
+            _ => Ok(()),
+        }?;
+        let needs_cache = self.flashblock
+            || self.corrector.is_some()
+            || matches!(
+                self.policy,
+                CommitPolicy::Speculative { .. } | CommitPolicy::Deferred { .. }
+            );
+        if needs_cache && !self.use_cache {
+            return bad("speculative, deferred, FlashBlock and correctors need use_cache");
+        }
+        if self.flashblock && matches!(self.policy, CommitPolicy::Deferred { .. }) {
+            return bad("FlashBlock reuse needs one block per call; deferred may decode two");
+        }
+        match self.corrector {
+            Some(Corrector::Arpc {
+                remask, max_prob, ..
+            }) if remask == 0 || !(max_prob > 0.0 && max_prob <= 1.0) => {
+                bad("ARPC remask must be > 0 and max_prob in (0, 1]")
             }
             _ => Ok(()),
         }
@@ -364,23 +483,42 @@ fn sample_inner<B: Backend, C: Condition>(
         batch: n,
         ..SampleStats::default()
     };
-    let mut cache = KvCache::<B>::new();
-    // Clean positions not yet in the cache: (tokens per row, count). Starts with the prompt.
-    let mut pending: Option<Vec<Vec<u32>>> = Some(
-        (0..rows)
-            .map(|r| {
-                if r >= n {
-                    // Unconditional rows see the prompt masked out (as in condition dropout).
-                    vec![MASK; prompt_len]
-                } else {
-                    requests[r].prompt().to_vec()
-                }
-            })
-            .collect(),
-    );
-    let mut cond_pending = true;
+    let pending: Vec<Vec<u32>> = (0..rows)
+        .map(|r| {
+            if r >= n {
+                // Unconditional rows see the prompt masked out (as in condition dropout).
+                vec![MASK; prompt_len]
+            } else {
+                requests[r].prompt().to_vec()
+            }
+        })
+        .collect();
+    let mut dec = Decoder {
+        model,
+        device,
+        n,
+        rows,
+        b,
+        prompt_len,
+        cond_len,
+        has_cond,
+        cond_t,
+        cond_drop,
+        cache: KvCache::new(),
+        // Clean positions not yet in the cache, per row. Starts with the prompt.
+        pending: Some(pending),
+        cond_pending: true,
+        flash: FlashBlockState::new(),
+        use_flash: cfg.flashblock,
+        nfe: 0,
+    };
     let mut allowed = vec![true; vocab];
     let mut probs = vec![0f32; vocab];
+    // DCD window right edges (indices into `seqs[i]`), kept across blocks.
+    let mut windows: Vec<Option<usize>> = vec![None; n];
+    let logit_row = |logits: &[f32], i: usize, p: usize, span: usize| {
+        guided_row(logits, i, n, p, span, vocab, guided, cfg.cfg_scale)
+    };
 
     for blk in 0..n_blocks {
         if done.iter().all(|&d| d) {
@@ -388,116 +526,216 @@ fn sample_inner<B: Backend, C: Condition>(
         }
         let start = gen_start + blk * b; // absolute position of the block
         let seq_off = prompt_len + blk * b; // index of the block in `seqs[i]`
-        for (i, s) in seqs.iter_mut().enumerate() {
-            let fill = if done[i] { PAD } else { MASK };
-            s.extend(std::iter::repeat_n(fill, b));
-        }
-        let mut step_in_block: u32 = 0;
-        loop {
-            // ---- one model call ----
-            let logits: Vec<f32> = if cfg.use_cache {
-                let (tokens, positions, clean, mask_t, with_cond) = {
-                    let clean_rows = pending.take();
-                    let clean = clean_rows.as_ref().map_or(0, |c| c[0].len());
-                    let with_cond = cond_pending && has_cond;
-                    let mut toks = Vec::with_capacity(rows * (clean + b));
-                    for r in 0..rows {
-                        if let Some(c) = &clean_rows {
-                            toks.extend_from_slice(&c[r]);
-                        }
-                        toks.extend_from_slice(&seqs[r % n][seq_off..seq_off + b]);
-                    }
-                    let mut positions: Vec<usize> = (start - clean..start).collect();
-                    positions.extend(start..start + b);
-                    let ctx = clean + if with_cond { cond_len } else { 0 };
-                    let mask_t = (ctx > 0).then(|| {
-                        mask::MaskTable::new(
-                            mask::append_mask_data(cache.len(), ctx, b),
-                            ctx + b,
-                            cache.len() + ctx + b,
-                        )
-                    });
-                    (toks, positions, clean, mask_t, with_cond)
-                };
-                let input = ForwardInput {
-                    tokens: int_tensor::<B>(&tokens, rows, clean + b, device),
-                    positions,
-                    cond: if with_cond { cond_t.clone() } else { None },
-                    cond_drop: if with_cond { cond_drop.clone() } else { None },
-                    mask: mask_t,
-                };
-                let (logits, kvs) = model.forward_range(input, Some(&cache), clean, b);
-                let ctx = clean + if with_cond { cond_len } else { 0 };
-                if ctx > 0 {
-                    cache.append(&kvs, 0, ctx);
-                    cond_pending = false;
-                }
-                to_vec(logits)
-            } else {
-                // Reference path: recompute prompt ⊕ all generated ⊕ current block.
-                let total = seq_off + b;
-                let mut toks = Vec::with_capacity(rows * total);
-                for r in 0..rows {
-                    let s = &seqs[r % n];
-                    if r >= n {
-                        toks.extend(std::iter::repeat_n(MASK, prompt_len));
-                        toks.extend_from_slice(&s[prompt_len..total]);
-                    } else {
-                        toks.extend_from_slice(&s[..total]);
-                    }
-                }
-                let ctx = cond_len + prompt_len;
-                let gen = blk * b + b;
-                let m = mask::block_causal_mask_data(ctx, gen, b);
-                let input = ForwardInput {
-                    tokens: int_tensor::<B>(&toks, rows, total, device),
-                    positions: (cond_len..cond_len + total).collect(),
-                    cond: cond_t.clone(),
-                    cond_drop: cond_drop.clone(),
-                    mask: Some(mask::MaskTable::new(m, ctx + gen, ctx + gen)),
-                };
-                let (logits, _) = model.forward_range(input, None, seq_off, b);
-                to_vec(logits)
+        let has_next = blk + 1 < n_blocks;
+        extend_to(&mut seqs, &done, seq_off + b);
+        dec.flash.clear();
+        if let CommitPolicy::Uniform {
+            steps,
+            corrector_k,
+            corrector_rounds,
+        } = cfg.policy
+        {
+            let plan = steps::UniformPlan {
+                steps,
+                corrector_k,
+                corrector_rounds,
             };
-            stats.nfe += 1;
-            observe(&StepView {
-                block: blk,
-                sequences: &seqs,
-                logits: &logits,
-            });
-
-            // ---- commit decisions, per request ----
-            let mut any_masked = false;
-            for i in 0..n {
-                if done[i] {
-                    continue;
+            let mut state = steps::BlockState {
+                seqs: &mut seqs,
+                done: &done,
+                rngs: &mut rngs,
+                seq_off,
+                constraint,
+                cfg,
+                vocab,
+            };
+            let mut call = |seqs: &[Vec<u32>]| {
+                let l = dec.call(seqs, seq_off, start, b);
+                observe(&StepView {
+                    block: blk,
+                    sequences: seqs,
+                    logits: &l,
+                });
+                l
+            };
+            steps::uniform_block(&mut state, &plan, &mut call, &logit_row)?;
+            for i in (0..n).filter(|&i| !done[i]) {
+                for p in 0..b {
+                    commit_steps[i][seq_off + p - prompt_len] = steps as u32 - 1;
                 }
-                let row = |p: usize| guided_row(&logits, i, n, p, b, vocab, guided, cfg.cfg_scale);
-                let committed = commit_step(
-                    &mut seqs[i],
-                    seq_off,
-                    b,
-                    row,
-                    constraint,
-                    cfg,
-                    &mut StepScratch {
-                        allowed: &mut allowed,
-                        probs: &mut probs,
-                        rng: &mut rngs[i],
-                    },
-                    i,
-                )?;
-                for p in committed {
-                    commit_steps[i][seq_off + p - prompt_len] = step_in_block;
-                    stats.tokens += 1;
-                }
-                if seqs[i][seq_off..seq_off + b].contains(&MASK) {
-                    any_masked = true;
-                }
+                stats.tokens += b;
             }
-            step_in_block += 1;
-            if !any_masked {
-                break;
+        } else {
+            let mut step_in_block: u32 = 0;
+            let mut corrections_left = match cfg.corrector {
+                Some(Corrector::Arpc { rounds, .. }) => rounds,
+                None => 0,
+            };
+            loop {
+                // DCD: decode the next block in the same call once a window reaches into it.
+                let lookahead = has_next
+                    && matches!(cfg.policy, CommitPolicy::Deferred { .. })
+                    && (0..n).any(|i| !done[i] && windows[i].is_some_and(|r| r > seq_off + b));
+                let span = if lookahead { 2 * b } else { b };
+                extend_to(&mut seqs, &done, seq_off + span);
+                let logits = if cfg.use_cache {
+                    dec.call(&seqs, seq_off, start, span)
+                } else {
+                    dec.reference_call(&seqs, seq_off, blk)
+                };
+                observe(&StepView {
+                    block: blk,
+                    sequences: &seqs,
+                    logits: &logits,
+                });
+
+                // ---- commit decisions ----
+                let mut committed: Vec<Vec<usize>> = vec![Vec::new(); n];
+                match cfg.policy {
+                    CommitPolicy::Speculative { routing } => {
+                        let mut drafts = Vec::with_capacity(n);
+                        for i in 0..n {
+                            drafts.push(if done[i] {
+                                None
+                            } else {
+                                let mut scratch = StepScratch {
+                                    allowed: &mut allowed,
+                                    probs: &mut probs,
+                                    rng: &mut rngs[i],
+                                };
+                                Some(steps::draft(
+                                    &mut seqs[i],
+                                    seq_off,
+                                    b,
+                                    |p| logit_row(&logits, i, p, b),
+                                    constraint,
+                                    cfg,
+                                    routing,
+                                    &mut scratch,
+                                    i,
+                                )?)
+                            });
+                        }
+                        let verify = drafts.iter().any(|d| d.as_ref().is_some_and(|d| d.verify));
+                        let ver_logits = if verify {
+                            let blocks: Vec<Vec<u32>> = (0..rows)
+                                .map(|r| match &drafts[r % n] {
+                                    Some(d) => d.filled(&seqs[r % n], seq_off, b),
+                                    None => seqs[r % n][seq_off..seq_off + b].to_vec(),
+                                })
+                                .collect();
+                            dec.verify(&blocks, start)
+                        } else {
+                            Vec::new()
+                        };
+                        for (i, d) in drafts.into_iter().enumerate() {
+                            let Some(d) = d else { continue };
+                            let mut scratch = StepScratch {
+                                allowed: &mut allowed,
+                                probs: &mut probs,
+                                rng: &mut rngs[i],
+                            };
+                            committed[i] = if d.verify {
+                                steps::accept(
+                                    &mut seqs[i],
+                                    seq_off,
+                                    &d,
+                                    |p| logit_row(&ver_logits, i, p, b),
+                                    constraint,
+                                    cfg,
+                                    &mut scratch,
+                                )
+                            } else {
+                                steps::commit_unverified(&mut seqs[i], seq_off, &d, constraint, vocab)
+                            };
+                        }
+                    }
+                    CommitPolicy::Deferred {
+                        tau,
+                        window,
+                        max_window,
+                    } => {
+                        let limit = seq_off + if has_next { 2 * b } else { b };
+                        for i in (0..n).filter(|&i| !done[i]) {
+                            let mut scratch = StepScratch {
+                                allowed: &mut allowed,
+                                probs: &mut probs,
+                                rng: &mut rngs[i],
+                            };
+                            committed[i] = steps::deferred(
+                                &mut seqs[i],
+                                seq_off,
+                                span,
+                                limit,
+                                &mut windows[i],
+                                (tau, window, max_window),
+                                |p| logit_row(&logits, i, p, span),
+                                constraint,
+                                cfg,
+                                &mut scratch,
+                                i,
+                            )?;
+                        }
+                    }
+                    _ => {
+                        for i in (0..n).filter(|&i| !done[i]) {
+                            committed[i] = commit_step(
+                                &mut seqs[i],
+                                seq_off,
+                                b,
+                                |p| logit_row(&logits, i, p, b),
+                                constraint,
+                                cfg,
+                                &mut StepScratch {
+                                    allowed: &mut allowed,
+                                    probs: &mut probs,
+                                    rng: &mut rngs[i],
+                                },
+                                i,
+                            )?;
+                        }
+                    }
+                }
+                let mut any_masked = false;
+                for i in (0..n).filter(|&i| !done[i]) {
+                    for &p in &committed[i] {
+                        commit_steps[i][seq_off + p - prompt_len] = step_in_block;
+                        stats.tokens += 1;
+                    }
+                    any_masked |= seqs[i][seq_off..seq_off + b].contains(&MASK);
+                }
+                step_in_block += 1;
+                if !any_masked && corrections_left > 0 {
+                    // ARPC: the block is complete; re-mask what the AR mode disagrees with.
+                    corrections_left -= 1;
+                    let Some(Corrector::Arpc {
+                        remask, max_prob, ..
+                    }) = cfg.corrector
+                    else {
+                        unreachable!("corrections only with a corrector")
+                    };
+                    let blocks: Vec<Vec<u32>> = (0..rows)
+                        .map(|r| seqs[r % n][seq_off..seq_off + b].to_vec())
+                        .collect();
+                    let ver_logits = dec.verify(&blocks, start);
+                    for i in (0..n).filter(|&i| !done[i]) {
+                        let k = steps::arpc_remask(
+                            &mut seqs[i],
+                            seq_off,
+                            b,
+                            |p| logit_row(&ver_logits, i, p, b),
+                            (remask, max_prob),
+                            constraint,
+                            &mut probs,
+                            &mut allowed,
+                        );
+                        stats.tokens -= k;
+                        any_masked |= k > 0;
+                    }
+                }
+                if !any_masked {
+                    break;
+                }
             }
         }
         // ---- block final: padding after the end, stop finished requests ----
@@ -514,12 +752,13 @@ fn sample_inner<B: Backend, C: Condition>(
                 }
             }
         }
-        pending = Some(
+        dec.pending = Some(
             (0..rows)
                 .map(|r| seqs[r % n][seq_off..seq_off + b].to_vec())
                 .collect(),
         );
     }
+    stats.nfe = dec.nfe;
     let full_sequences: Vec<Vec<u32>> = seqs
         .iter()
         .map(|s| {
@@ -550,6 +789,167 @@ fn sample_inner<B: Backend, C: Condition>(
     })
 }
 
+/// Extends every sequence with `MASK` (`PAD` for finished requests) to length `len`.
+fn extend_to(seqs: &mut [Vec<u32>], done: &[bool], len: usize) {
+    for (s, &d) in seqs.iter_mut().zip(done) {
+        let fill = if d { PAD } else { MASK };
+        while s.len() < len {
+            s.push(fill);
+        }
+    }
+}
+
+/// The model side of a sampling call: the KV cache, the clean positions waiting to enter it,
+/// FlashBlock state and the model-call counter.
+struct Decoder<'a, B: Backend> {
+    model: &'a BlockDiffusionModel<B>,
+    device: &'a B::Device,
+    n: usize,
+    rows: usize,
+    b: usize,
+    prompt_len: usize,
+    cond_len: usize,
+    has_cond: bool,
+    cond_t: Option<Tensor<B, 3>>,
+    cond_drop: Option<Tensor<B, 1>>,
+    cache: KvCache<B>,
+    pending: Option<Vec<Vec<u32>>>,
+    cond_pending: bool,
+    flash: FlashBlockState<B>,
+    use_flash: bool,
+    nfe: usize,
+}
+
+impl<B: Backend> Decoder<'_, B> {
+    /// One cached diffusion call over the `span` noisy positions from `seqs[r][seq_off..]`
+    /// (absolute position `start`), flushing pending clean positions into the cache.
+    /// Returns logits `[rows, span, vocab]`.
+    fn call(&mut self, seqs: &[Vec<u32>], seq_off: usize, start: usize, span: usize) -> Vec<f32> {
+        let (n, rows, b) = (self.n, self.rows, self.b);
+        self.nfe += 1;
+        if self.use_flash && self.flash.is_recorded() && self.pending.is_none() {
+            let mut toks = Vec::with_capacity(rows * b);
+            for r in 0..rows {
+                toks.extend_from_slice(&seqs[r % n][seq_off..seq_off + b]);
+            }
+            let input = ForwardInput {
+                tokens: int_tensor::<B>(&toks, rows, b, self.device),
+                positions: (start..start + b).collect(),
+                cond: None,
+                cond_drop: None,
+                mask: None,
+            };
+            let (logits, _) =
+                self.model
+                    .forward_block_flash(input, Some(&self.cache), 0, b, &mut self.flash);
+            return to_vec(logits);
+        }
+        let clean_rows = self.pending.take();
+        let clean = clean_rows.as_ref().map_or(0, |c| c[0].len());
+        let with_cond = self.cond_pending && self.has_cond;
+        let mut toks = Vec::with_capacity(rows * (clean + span));
+        for r in 0..rows {
+            if let Some(c) = &clean_rows {
+                toks.extend_from_slice(&c[r]);
+            }
+            toks.extend_from_slice(&seqs[r % n][seq_off..seq_off + span]);
+        }
+        let mut positions: Vec<usize> = (start - clean..start).collect();
+        positions.extend(start..start + span);
+        let ctx = clean + if with_cond { self.cond_len } else { 0 };
+        let mask_t = (ctx > 0 || span > b).then(|| {
+            mask::MaskTable::new(
+                mask::append_blocks_mask_data(self.cache.len(), ctx, b, span / b),
+                ctx + span,
+                self.cache.len() + ctx + span,
+            )
+        });
+        let input = ForwardInput {
+            tokens: int_tensor::<B>(&toks, rows, clean + span, self.device),
+            positions,
+            cond: if with_cond { self.cond_t.clone() } else { None },
+            cond_drop: if with_cond {
+                self.cond_drop.clone()
+            } else {
+                None
+            },
+            mask: mask_t,
+        };
+        let (logits, kvs) = if self.use_flash {
+            self.model
+                .forward_block_flash(input, Some(&self.cache), clean, span, &mut self.flash)
+        } else {
+            self.model
+                .forward_range(input, Some(&self.cache), clean, span)
+        };
+        if ctx > 0 {
+            self.cache.append(&kvs, 0, ctx);
+            self.cond_pending = false;
+        }
+        to_vec(logits)
+    }
+
+    /// The reference call: recompute prompt ⊕ all generated ⊕ the current block.
+    fn reference_call(&mut self, seqs: &[Vec<u32>], seq_off: usize, blk: usize) -> Vec<f32> {
+        let (n, rows, b) = (self.n, self.rows, self.b);
+        let (prompt_len, cond_len) = (self.prompt_len, self.cond_len);
+        self.nfe += 1;
+        let total = seq_off + b;
+        let mut toks = Vec::with_capacity(rows * total);
+        for r in 0..rows {
+            let s = &seqs[r % n];
+            if r >= n {
+                toks.extend(std::iter::repeat_n(MASK, prompt_len));
+                toks.extend_from_slice(&s[prompt_len..total]);
+            } else {
+                toks.extend_from_slice(&s[..total]);
+            }
+        }
+        let ctx = cond_len + prompt_len;
+        let gen = blk * b + b;
+        let m = mask::block_causal_mask_data(ctx, gen, b);
+        let input = ForwardInput {
+            tokens: int_tensor::<B>(&toks, rows, total, self.device),
+            positions: (cond_len..cond_len + total).collect(),
+            cond: self.cond_t.clone(),
+            cond_drop: self.cond_drop.clone(),
+            mask: Some(mask::MaskTable::new(m, ctx + gen, ctx + gen)),
+        };
+        let (logits, _) = self.model.forward_range(input, None, seq_off, b);
+        to_vec(logits)
+    }
+
+    /// One call in block-size-1 mode over a complete (or drafted) block per row: the logits
+    /// at block position `i` are the autoregressive prediction of token `i` given the cache
+    /// and the row's tokens `< i` ([`mask::verifier_mask_data`]). `[rows, b, vocab]`.
+    fn verify(&mut self, blocks: &[Vec<u32>], start: usize) -> Vec<f32> {
+        let (rows, b) = (self.rows, self.b);
+        debug_assert!(self.pending.is_none(), "verify after the block's first call");
+        self.nfe += 1;
+        let mut toks = Vec::with_capacity(rows * 2 * b);
+        for blk in blocks {
+            toks.extend(std::iter::repeat_n(MASK, b));
+            toks.extend_from_slice(blk);
+        }
+        let mut positions: Vec<usize> = (start..start + b).collect();
+        positions.extend(start..start + b);
+        let cached = self.cache.len();
+        let input = ForwardInput {
+            tokens: int_tensor::<B>(&toks, rows, 2 * b, self.device),
+            positions,
+            cond: None,
+            cond_drop: None,
+            mask: Some(mask::MaskTable::new(
+                mask::verifier_mask_data(cached, b),
+                2 * b,
+                cached + 2 * b,
+            )),
+        };
+        let (logits, _) = self.model.forward_range(input, Some(&self.cache), 0, b);
+        to_vec(logits)
+    }
+}
+
 /// Per-sample buffers reused across steps.
 pub(crate) struct StepScratch<'a> {
     pub allowed: &'a mut [bool],
@@ -578,57 +978,104 @@ pub(crate) fn commit_step(
     if masked.is_empty() {
         return Ok(Vec::new());
     }
-    let mut cands: Vec<(usize, u32, f32)> = Vec::with_capacity(masked.len());
-    for &p in &masked {
-        let logits = row(p);
-        let pos = seq_off + p;
-        scratch.allowed.iter_mut().for_each(|a| *a = true);
-        scratch.allowed[MASK as usize] = false;
-        scratch.allowed[BOS as usize] = false;
-        constraint.restrict(seq, pos, scratch.allowed);
-        if !scratch.allowed.iter().any(|&a| a) {
-            return Err(SampleError::DeadEnd {
-                sample: sample_index,
-                position: pos,
-            });
-        }
-        let (tok, conf) = pick(&logits, scratch.allowed, cfg, scratch.probs, scratch.rng);
-        cands.push((p, tok, conf));
-    }
+    let cands = propose(seq, seq_off, &masked, row, constraint, cfg, scratch, sample_index)?;
     let order: Vec<usize> = match cfg.policy {
         CommitPolicy::FirstHitting => {
             vec![scratch.rng.random_range(0..cands.len())]
         }
         _ => {
-            let mut idx: Vec<usize> = (0..cands.len()).collect();
-            idx.sort_by(|&a, &c| cands[c].2.total_cmp(&cands[a].2));
+            let idx = by_confidence(&cands);
+            let passing = |tau: f32| idx.iter().filter(|&&j| cands[j].2 >= tau).count();
             let count = match cfg.policy {
                 CommitPolicy::TopK { k } => k,
-                CommitPolicy::Threshold { tau } => {
-                    idx.iter().filter(|&&j| cands[j].2 >= tau).count().max(1)
-                }
-                CommitPolicy::DynamicFallback { tau, k } => {
-                    idx.iter().filter(|&&j| cands[j].2 >= tau).count().max(k)
-                }
-                CommitPolicy::FirstHitting => unreachable!(),
+                CommitPolicy::Threshold { tau } => passing(tau).max(1),
+                CommitPolicy::DynamicFallback { tau, k } => passing(tau).max(k),
+                _ => 1,
             };
-            idx.truncate(count.min(cands.len()));
-            idx
+            idx.into_iter().take(count).collect()
         }
     };
+    Ok(commit_in_order(seq, seq_off, &cands, &order, constraint, vocab))
+}
+
+/// A proposal: block position, token, confidence.
+pub(crate) type Candidate = (usize, u32, f32);
+
+/// Proposes a token for each of the block positions `positions` (all masked), the constraint
+/// applied to the logits first; the confidence is the token's probability.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn propose(
+    seq: &[u32],
+    seq_off: usize,
+    positions: &[usize],
+    row: impl Fn(usize) -> Vec<f32>,
+    constraint: &dyn Constraint,
+    cfg: &SamplerConfig,
+    scratch: &mut StepScratch<'_>,
+    sample_index: usize,
+) -> Result<Vec<Candidate>, SampleError> {
+    let mut cands = Vec::with_capacity(positions.len());
+    for &p in positions {
+        let logits = row(p);
+        let pos = seq_off + p;
+        allowed_at(seq, pos, constraint, scratch.allowed, sample_index)?;
+        let (tok, conf) = pick(&logits, scratch.allowed, cfg, scratch.probs, scratch.rng);
+        cands.push((p, tok, conf));
+    }
+    Ok(cands)
+}
+
+/// Fills `allowed` with the tokens the sampler may place at `pos` (never `MASK`/`BOS`, then
+/// the constraint); a dead end is an error.
+pub(crate) fn allowed_at(
+    seq: &[u32],
+    pos: usize,
+    constraint: &dyn Constraint,
+    allowed: &mut [bool],
+    sample_index: usize,
+) -> Result<(), SampleError> {
+    allowed.iter_mut().for_each(|a| *a = true);
+    allowed[MASK as usize] = false;
+    allowed[BOS as usize] = false;
+    constraint.restrict(seq, pos, allowed);
+    if allowed.iter().any(|&a| a) {
+        Ok(())
+    } else {
+        Err(SampleError::DeadEnd {
+            sample: sample_index,
+            position: pos,
+        })
+    }
+}
+
+/// Candidate indices, most confident first.
+pub(crate) fn by_confidence(cands: &[Candidate]) -> Vec<usize> {
+    let mut idx: Vec<usize> = (0..cands.len()).collect();
+    idx.sort_by(|&a, &c| cands[c].2.total_cmp(&cands[a].2));
+    idx
+}
+
+/// Commits `cands[order[..]]` in order. The first was proposed under the current context;
+/// later ones are re-checked against the tokens committed just before them in this step.
+pub(crate) fn commit_in_order(
+    seq: &mut [u32],
+    seq_off: usize,
+    cands: &[Candidate],
+    order: &[usize],
+    constraint: &dyn Constraint,
+    vocab: usize,
+) -> Vec<usize> {
     let mut committed = Vec::with_capacity(order.len());
     for (rank, &j) in order.iter().enumerate() {
         let (p, tok, _) = cands[j];
         let pos = seq_off + p;
-        // The top candidate was proposed under the current context; later ones are re-checked
-        // against the tokens committed just before them in this step.
         if rank > 0 && !constraint.is_allowed(seq, pos, tok, vocab) {
             continue;
         }
         seq[pos] = tok;
         committed.push(p);
     }
-    Ok(committed)
+    committed
 }
 
 pub(crate) fn int_tensor<B: Backend>(
@@ -678,11 +1125,21 @@ fn pick(
     probs: &mut [f32],
     rng: &mut StdRng,
 ) -> (u32, f32) {
-    let temp = if cfg.temperature > 0.0 {
-        cfg.temperature
-    } else {
-        1.0
-    };
+    fill_probs(row, allowed, cfg, probs);
+    if cfg.temperature == 0.0 {
+        let t = argmax(probs);
+        return (t, probs[t as usize]);
+    }
+    let t = draw(probs, rng);
+    (t, probs[t as usize])
+}
+
+/// The distribution a token is drawn from: softmax of `row` over `allowed` at the sampler's
+/// temperature (1 for greedy, whose draw is then the arg-max), nucleus-filtered by `top_p`
+/// (not for greedy). Non-finite logits fall back to uniform over the allowed set.
+pub(crate) fn fill_probs(row: &[f32], allowed: &[bool], cfg: &SamplerConfig, probs: &mut [f32]) {
+    let greedy = cfg.temperature == 0.0;
+    let temp = if greedy { 1.0 } else { cfg.temperature };
     let mut max = f32::NEG_INFINITY;
     for (l, &a) in row.iter().zip(allowed) {
         if a && *l > max {
@@ -699,22 +1156,13 @@ fn pick(
         sum += *p;
     }
     if !(sum > 0.0) {
-        // Non-finite logits: fall back to uniform over the allowed set.
         for (p, &a) in probs.iter_mut().zip(allowed) {
             *p = if a { 1.0 } else { 0.0 };
         }
         sum = probs.iter().sum();
     }
     probs.iter_mut().for_each(|p| *p /= sum);
-    if cfg.temperature == 0.0 {
-        let (tok, &conf) = probs
-            .iter()
-            .enumerate()
-            .max_by(|a, b| a.1.total_cmp(b.1))
-            .expect("non-empty vocabulary");
-        return (tok as u32, conf);
-    }
-    if cfg.top_p < 1.0 {
+    if !greedy && cfg.top_p < 1.0 {
         let mut idx: Vec<usize> = (0..probs.len()).filter(|&t| probs[t] > 0.0).collect();
         idx.sort_by(|&a, &b| probs[b].total_cmp(&probs[a]));
         let mut cum = 0f32;
@@ -732,16 +1180,29 @@ fn pick(
         let s: f32 = probs.iter().sum();
         probs.iter_mut().for_each(|p| *p /= s);
     }
+}
+
+/// Index of the largest probability.
+pub(crate) fn argmax(probs: &[f32]) -> u32 {
+    probs
+        .iter()
+        .enumerate()
+        .max_by(|a, b| a.1.total_cmp(b.1))
+        .map_or(0, |(t, _)| t as u32)
+}
+
+/// Draws an index from a normalised distribution (the last positive entry absorbs rounding).
+pub(crate) fn draw(probs: &[f32], rng: &mut StdRng) -> u32 {
     let mut r: f32 = rng.random();
     let mut last = 0;
     for (t, &p) in probs.iter().enumerate() {
         if p > 0.0 {
             last = t;
             if r < p {
-                return (t as u32, p);
+                return t as u32;
             }
             r -= p;
         }
     }
-    (last as u32, probs[last])
+    last as u32
 }

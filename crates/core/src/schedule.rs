@@ -1,6 +1,7 @@
 //! Noise and learning-rate schedules.
 
 use rand::Rng;
+use rand_distr::{Beta, Distribution};
 use serde::{Deserialize, Serialize};
 
 /// How each block's masked-token losses are weighted.
@@ -12,6 +13,57 @@ pub enum LossWeighting {
     /// `1/r` with `r` the block's realised mask ratio: lower variance, same expectation when
     /// the ratio concentrates around `t` (SDAR-VL's "effective mask ratio").
     RealisedMaskRatio,
+}
+
+/// SDAR-VL's Beta noise curriculum: per-block rates `t ~ Beta(μC, (1 − μ)C)` with mean `μ` and
+/// concentration `C` moved linearly from their start to their end values over training, then
+/// clipped to `[t_min, t_max]`. Early training sees a broad spread of noise levels; later
+/// training concentrates around `μ_end`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BetaCurriculum {
+    /// Mean `μ` at the first step.
+    pub mu_start: f64,
+    /// Mean `μ` at the last step.
+    pub mu_end: f64,
+    /// Concentration `C` at the first step.
+    pub c_start: f64,
+    /// Concentration `C` at the last step.
+    pub c_end: f64,
+}
+
+impl BetaCurriculum {
+    /// The reasoning schedule reported for SDAR-VL: `μ` 0.5 → 0.7, `C` 4 → 25.
+    pub fn sdar_vl() -> Self {
+        Self {
+            mu_start: 0.5,
+            mu_end: 0.7,
+            c_start: 4.0,
+            c_end: 25.0,
+        }
+    }
+
+    /// Checks `μ ∈ (0, 1)` and `C > 0` at both ends.
+    pub fn validate(&self) -> Result<(), String> {
+        let mu_ok = |m: f64| m > 0.0 && m < 1.0;
+        if !mu_ok(self.mu_start) || !mu_ok(self.mu_end) {
+            return Err("beta curriculum mu must be in (0, 1)".into());
+        }
+        if !(self.c_start > 0.0 && self.c_end > 0.0 && self.c_start.is_finite() && self.c_end.is_finite()) {
+            return Err("beta curriculum concentration must be finite and > 0".into());
+        }
+        Ok(())
+    }
+
+    /// `n` rates at training progress `progress ∈ [0, 1]`, clipped to `[t_min, t_max]`.
+    pub fn sample<R: Rng>(&self, n: usize, progress: f64, t_min: f64, t_max: f64, rng: &mut R) -> Vec<f64> {
+        let f = progress.clamp(0.0, 1.0);
+        let mu = self.mu_start + (self.mu_end - self.mu_start) * f;
+        let c = self.c_start + (self.c_end - self.c_start) * f;
+        let beta = Beta::new(mu * c, (1.0 - mu) * c).expect("validated parameters");
+        (0..n)
+            .map(|_| beta.sample(rng).clamp(t_min, t_max))
+            .collect()
+    }
 }
 
 /// Draws one masking rate per block: `t ~ U[t_min, t_max]`, antithetic (stratified) over all

@@ -18,7 +18,9 @@ use crate::condition::{Conditioning, Example};
 use crate::error::TrainError;
 use crate::mask;
 use crate::model::{BlockDiffusionConfig, BlockDiffusionModel, ForwardInput};
-use crate::schedule::{sample_block_size, sample_mask_rates, warmup_cosine, LossWeighting};
+use crate::schedule::{
+    sample_block_size, sample_mask_rates, warmup_cosine, BetaCurriculum, LossWeighting,
+};
 use crate::tokenizer::{EOS, MASK, PAD};
 
 /// Training hyper-parameters. Saved as `train_config.json` next to checkpoints.
@@ -66,6 +68,11 @@ pub struct TrainConfig {
     /// Loss weighting of masked tokens.
     #[config(default = "LossWeighting::InverseT")]
     pub loss_weighting: LossWeighting,
+    /// Forward noise kernel.
+    #[config(default = "NoiseKernel::Absorbing")]
+    pub kernel: NoiseKernel,
+    /// SDAR-VL's Beta noise curriculum for the per-block rates (absent: `U[t_min, t_max]`).
+    pub beta_curriculum: Option<BetaCurriculum>,
     /// Probability of dropping a sample's condition (for classifier-free guidance).
     #[config(default = 0.0)]
     pub cond_drop_prob: f64,
@@ -105,6 +112,9 @@ impl TrainConfig {
                     self.seq_len
                 ));
             }
+        }
+        if let Some(c) = &self.beta_curriculum {
+            c.validate().map_err(TrainError::Config)?;
         }
         if self.block_weights.iter().any(|w| !(*w >= 0.0))
             || self.block_weights.iter().sum::<f64>() <= 0.0
@@ -146,6 +156,8 @@ pub struct NoisedBatch<B: Backend> {
     seq_len: usize,
     targets: Tensor<B, 2, Int>,
     weights: Tensor<B, 2>,
+    /// Uniform kernel: the leave-one-out → denoiser logit offset `[batch, L, vocab]`.
+    loo_bonus: Option<Tensor<B, 3>>,
 }
 
 /// Frames an example's tokens to exactly `seq_len`: `tokens ⊕ EOS ⊕ PAD…`.
@@ -222,11 +234,31 @@ pub fn check_data(
     Ok(prompt_len)
 }
 
+/// The forward (noising) process.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum NoiseKernel {
+    /// Absorbing state: a noised token becomes `MASK` (masked diffusion, BD3-LM).
+    #[default]
+    Absorbing,
+    /// Uniform state: a noised token becomes a uniformly random id (all but `MASK`/`BOS`).
+    /// The model's output is read as the leave-one-out denoiser `p(x₀ⁱ | x_t^{−i})`: the loss
+    /// is the cross-entropy of the full denoiser at every position, obtained exactly from it by
+    /// adding `ln(1 + K·α_t/(1 − α_t))` to the logit of the position's own noisy token. Sample
+    /// with [`crate::sample::CommitPolicy::Uniform`].
+    Uniform,
+}
+
 /// How the noised batch is drawn.
 #[derive(Clone, Copy, Debug)]
 pub enum Noise {
-    /// Training: one rate per block from the schedule.
+    /// One rate per block, `U[t_min, t_max]` (evaluation).
     Random,
+    /// Training at `progress ∈ [0, 1]` of the run: like `Random`, or from the Beta curriculum
+    /// when the config has one.
+    Training {
+        /// Fraction of the run done.
+        progress: f64,
+    },
     /// Every `x_t` token masked, loss weight 1: with block size 1 this is the exact
     /// autoregressive log-likelihood of the same weights.
     AllMasked,
@@ -247,7 +279,17 @@ pub fn noised_batch<B: Backend>(
     let n = examples.len();
     let l = cfg.seq_len;
     let n_blocks = l / block;
-    let rates = sample_mask_rates(n * n_blocks, cfg.t_min, cfg.t_max, cfg.antithetic, rng);
+    let rates = match (noise, &cfg.beta_curriculum) {
+        (Noise::Training { progress }, Some(c)) => {
+            c.sample(n * n_blocks, progress, cfg.t_min, cfg.t_max, rng)
+        }
+        _ => sample_mask_rates(n * n_blocks, cfg.t_min, cfg.t_max, cfg.antithetic, rng),
+    };
+    let uniform = cfg.kernel == NoiseKernel::Uniform;
+    let noise_ids = crate::sample::uniform_noise_ids(model_cfg.vocab_size);
+    let k_noise = noise_ids.len() as f64;
+    // Uniform kernel: per position, (noisy token, ln(1 + K·α/(1 − α))) for the LOO conversion.
+    let mut bonus: Vec<(u32, f32)> = Vec::new();
     let mut states = Vec::with_capacity(n);
     let mut clean = Vec::with_capacity(n);
     let mut weights = Vec::with_capacity(n);
@@ -259,10 +301,34 @@ pub fn noised_batch<B: Backend>(
         let mut wt = Vec::with_capacity(l);
         for k in 0..n_blocks {
             let blk = &x0[k * block..(k + 1) * block];
+            let t_block = match noise {
+                Noise::AllMasked => 1.0,
+                _ => rates[i * n_blocks + k],
+            };
+            if uniform {
+                // Every position is predicted (weight 1); noised ones get a random id.
+                let alpha = 1.0 - t_block;
+                let b = if alpha <= 0.0 {
+                    0.0
+                } else {
+                    (1.0 + k_noise * alpha / t_block.max(1e-9)).ln() as f32
+                };
+                for &tok in blk {
+                    let x = if rng.random::<f64>() < t_block {
+                        noise_ids[rng.random_range(0..noise_ids.len())]
+                    } else {
+                        tok
+                    };
+                    xt.push(x);
+                    wt.push(1.0);
+                    bonus.push((x, b));
+                }
+                continue;
+            }
             let (masked, w): (Vec<bool>, f64) = match noise {
                 Noise::AllMasked => (vec![true; block], 1.0),
-                Noise::Random => {
-                    let t = rates[i * n_blocks + k];
+                Noise::Random | Noise::Training { .. } => {
+                    let t = t_block;
                     let m: Vec<bool> = (0..block).map(|_| rng.random::<f64>() < t).collect();
                     let count = m.iter().filter(|&&x| x).count();
                     let w = match cfg.loss_weighting {
@@ -288,7 +354,7 @@ pub fn noised_batch<B: Backend>(
         weights.push(wt);
     }
     let conditions: Vec<&Conditioning> = examples.iter().map(|e| &e.condition).collect();
-    batch_from_states(
+    let mut batch = batch_from_states(
         &conditions,
         &states,
         &clean,
@@ -297,7 +363,18 @@ pub fn noised_batch<B: Backend>(
         model_cfg,
         block,
         device,
-    )
+    );
+    if uniform {
+        let v = model_cfg.vocab_size;
+        let mut dense = vec![0f32; bonus.len() * v];
+        for (j, &(x, b)) in bonus.iter().enumerate() {
+            dense[j * v + x as usize] = b;
+        }
+        batch.loo_bonus = Some(
+            Tensor::<B, 1>::from_floats(dense.as_slice(), device).reshape([n, l, v]),
+        );
+    }
+    batch
 }
 
 /// Builds the `context ⊕ x_t ⊕ x_0` model input from explicit noisy states: `conditions[i]`
@@ -374,6 +451,7 @@ pub fn batch_from_states<B: Backend>(
         targets: Tensor::<B, 1, Int>::from_data(TensorData::new(targets, [n * l]), device)
             .reshape([n, l]),
         weights: Tensor::<B, 1>::from_floats(flat_w.as_slice(), device).reshape([n, l]),
+        loo_bonus: None,
     }
 }
 
@@ -383,6 +461,10 @@ pub fn batch_loss<B: Backend>(
     batch: NoisedBatch<B>,
 ) -> Tensor<B, 1> {
     let (logits, _) = model.forward_range(batch.input, None, batch.prompt_len, batch.seq_len);
+    let logits = match batch.loo_bonus {
+        Some(bonus) => logits + bonus,
+        None => logits,
+    };
     let [n, l, _] = logits.dims();
     let logp = log_softmax(logits, 2);
     let nll = logp
@@ -570,7 +652,9 @@ pub fn train<B: AutodiffBackend>(
             model_cfg,
             cfg,
             block,
-            Noise::Random,
+            Noise::Training {
+                progress: step as f64 / cfg.steps.max(1) as f64,
+            },
             true,
             &mut rng,
             device,

@@ -167,6 +167,8 @@ impl TwinSpec {
             stop_at_eos: false,
             seed: self.seed,
             use_cache: true,
+            flashblock: false,
+            corrector: None,
         }
     }
 }
