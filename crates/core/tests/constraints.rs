@@ -1,12 +1,13 @@
 //! A non-trivial constraint (successors in a random sparse graph) holds in 100% of 1,000
-//! samples under every commit policy, batch > 1, block size > 1, with and without a cache.
+//! samples under every commit policy (speculative, deferred, uniform, ARPC and FlashBlock
+//! included), batch > 1, block size > 1, with and without a cache.
 //! An untrained model is the hardest case: its predictions ignore the graph entirely.
 
 use blockdiff_core::burn::prelude::Backend;
 use blockdiff_core::condition::Conditioning;
 use blockdiff_core::constraint::{Constraint, SuccessorConstraint};
 use blockdiff_core::model::BlockDiffusionConfig;
-use blockdiff_core::sample::{sample, CommitPolicy, SamplerConfig};
+use blockdiff_core::sample::{sample, CommitPolicy, Corrector, SamplerConfig, SpecRouting};
 use blockdiff_core::synthetic::MarkovSource;
 use blockdiff_core::tokenizer::{SymbolTokenizer, Tokenizer, EOS, MASK, PAD};
 use blockdiff_core::CpuBackend as B;
@@ -27,16 +28,66 @@ fn successor_constraint_holds_in_every_sample_under_every_policy() {
         .with_n_layers(1);
     let model = cfg.init::<B>(&device);
     let constraint = SuccessorConstraint::new(tok.vocab(), succ.clone(), false);
-    let policies = [
-        CommitPolicy::TopK { k: 3 },
-        CommitPolicy::Threshold { tau: 0.05 }, // low: many parallel commits per step
-        CommitPolicy::DynamicFallback { tau: 0.1, k: 2 },
-        CommitPolicy::FirstHitting,
+    let arpc = Some(Corrector::Arpc {
+        remask: 3,
+        rounds: 2,
+        max_prob: 0.9,
+    });
+    // (policy, corrector, FlashBlock, must commit in parallel somewhere)
+    let variants: Vec<(CommitPolicy, Option<Corrector>, bool, bool)> = vec![
+        (CommitPolicy::TopK { k: 3 }, None, false, true),
+        // low threshold: many parallel commits per step
+        (CommitPolicy::Threshold { tau: 0.05 }, None, false, true),
+        (CommitPolicy::DynamicFallback { tau: 0.1, k: 2 }, None, false, true),
+        (CommitPolicy::FirstHitting, None, false, false),
+        (
+            CommitPolicy::Speculative {
+                routing: SpecRouting::Always,
+            },
+            None,
+            false,
+            false,
+        ),
+        (
+            CommitPolicy::Speculative {
+                routing: SpecRouting::Score {
+                    cost: 1.0,
+                    dynamic: true,
+                    tau: 0.05,
+                },
+            },
+            None,
+            true,
+            false,
+        ),
+        (
+            CommitPolicy::Deferred {
+                tau: 0.05,
+                window: 6,
+                max_window: 12,
+            },
+            None,
+            false,
+            true,
+        ),
+        (CommitPolicy::Threshold { tau: 0.05 }, arpc, true, false),
+        (
+            CommitPolicy::Uniform {
+                steps: 4,
+                corrector_k: 3,
+                corrector_rounds: 1,
+            },
+            None,
+            false,
+            true,
+        ),
     ];
     let batch = 25;
-    for (pi, policy) in policies.iter().enumerate() {
+    for (pi, (policy, corrector, flashblock, parallel)) in variants.iter().enumerate() {
         let mut checked = 0;
         let mut parallel_steps = 0;
+        // The newer samplers need the cache; the original ones alternate with the reference.
+        let always_cache = pi >= 4;
         for round in 0..(1000 / batch) {
             let scfg = SamplerConfig {
                 block_size: 8,
@@ -44,7 +95,9 @@ fn successor_constraint_holds_in_every_sample_under_every_policy() {
                 max_len: 20,
                 stop_at_eos: false,
                 seed: (pi * 1000 + round) as u64,
-                use_cache: round % 2 == 0,
+                use_cache: always_cache || round % 2 == 0,
+                corrector: *corrector,
+                flashblock: *flashblock,
                 ..SamplerConfig::default()
             };
             let reqs = vec![Conditioning::default(); batch];
@@ -68,7 +121,7 @@ fn successor_constraint_holds_in_every_sample_under_every_policy() {
             }
         }
         assert_eq!(checked, 1000);
-        if !matches!(policy, CommitPolicy::FirstHitting) {
+        if *parallel {
             assert!(parallel_steps > 0, "{policy:?} never committed in parallel");
         }
     }
