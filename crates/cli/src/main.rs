@@ -81,6 +81,25 @@ enum BenchCommand {
         #[arg(long, default_value_t = 20)]
         repeats: usize,
     },
+    /// Every decoding policy (threshold sweep, S2D2, DCD, ARPC, FlashBlock, uniform kernel)
+    /// on the Markov task: NFE, wall-clock and quality; speed-ups at equal quality.
+    Samplers {
+        /// Write the report as JSON here.
+        #[arg(long)]
+        json: Option<PathBuf>,
+        /// The quality-vs-NFE / quality-vs-wall-clock plot.
+        #[arg(long, default_value = "out/bench/samplers.png")]
+        png: PathBuf,
+        /// Task size.
+        #[arg(long, value_enum, default_value_t = TaskSize::Small)]
+        task: TaskSize,
+        /// Samples per policy (median wall-clock is reported).
+        #[arg(long, default_value_t = 20)]
+        repeats: usize,
+        /// Skip training the uniform-kernel model (and its policies).
+        #[arg(long)]
+        no_uniform: bool,
+    },
     /// Against the PyTorch twin (`tests/torch_twin/twin.py`): logit agreement on our
     /// safetensors weights, then a training step and a full sample timed on both sides.
     Twin(bench::TwinArgs),
@@ -130,6 +149,16 @@ fn run(command: Command) -> Result<()> {
         } => bench::all(args),
         Command::Bench {
             which:
+                BenchCommand::Samplers {
+                    json,
+                    png,
+                    task,
+                    repeats,
+                    no_uniform,
+                },
+        } => bench_samplers(json, png, task.task(), repeats, !no_uniform).map(|_| ()),
+        Command::Bench {
+            which:
                 BenchCommand::Core {
                     json,
                     task,
@@ -162,6 +191,58 @@ fn bench_core(
         report.tokens_per_forward,
         report.cache_speedup
     );
+    if let Some(path) = json {
+        let v = serde_json::to_vec_pretty(&report)?;
+        checkpoint::write_atomic(&path, &v)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(report)
+}
+
+/// `bench samplers`: trains the Markov task model (and a uniform-kernel one), then every
+/// decoding policy.
+fn bench_samplers(
+    json: Option<PathBuf>,
+    png: PathBuf,
+    task: MarkovTask,
+    repeats: usize,
+    uniform: bool,
+) -> Result<blockdiff_core::sampler_bench::SamplerBenchReport> {
+    use blockdiff_core::sampler_bench::{run_sampler_bench, sampler_table, write_sampler_plot};
+    eprintln!("training the Markov task model ({} steps)...", task.steps);
+    let (model, fit) = fit_markov(&task, true);
+    let uniform_model = if uniform {
+        eprintln!(
+            "training the uniform-kernel model ({} steps)...",
+            task.steps
+        );
+        Some(blockdiff_core::bench::fit_markov_uniform(&task, true))
+    } else {
+        None
+    };
+    eprintln!("benchmarking decoding policies...");
+    let report = run_sampler_bench(
+        &model,
+        uniform_model.as_ref().map(|(m, l)| (m, *l)),
+        &task,
+        fit.true_entropy,
+        repeats.max(1),
+    );
+    println!("{}", sampler_table(&report));
+    println!(
+        "true entropy {:.4} nats/token, equal quality within {:.4}; tuned threshold {}; best {}: {:.2}x the tuned threshold, {:.2}x AR",
+        report.true_entropy,
+        report.tolerance,
+        report.threshold_policy,
+        report.best_policy,
+        report.best_speedup_vs_threshold,
+        report.best_speedup_vs_ar
+    );
+    if let Some(l) = report.uniform_val_loss {
+        println!("uniform-kernel model: held-out denoiser loss {l:.4} nats/token");
+    }
+    write_sampler_plot(&report, &png).map_err(|m| anyhow::anyhow!("{}: {m}", png.display()))?;
+    println!("plot: {}", png.display());
     if let Some(path) = json {
         let v = serde_json::to_vec_pretty(&report)?;
         checkpoint::write_atomic(&path, &v)

@@ -16,7 +16,7 @@ use crate::model::{BlockDiffusionConfig, BlockDiffusionModel};
 use crate::sample::{sample, CommitPolicy, SamplerConfig};
 use crate::synthetic::MarkovSource;
 use crate::tokenizer::{SymbolTokenizer, Tokenizer};
-use crate::train::{evaluate, train, Noise, TrainConfig, TrainReport};
+use crate::train::{evaluate, train, Noise, NoiseKernel, TrainConfig, TrainReport};
 use crate::{CpuBackend, CpuTrainBackend};
 
 /// The Markov learning task.
@@ -198,6 +198,37 @@ pub fn fit_markov(
         train: report,
     };
     (model, fit)
+}
+
+/// Trains the task's model with the uniform-state kernel ([`NoiseKernel::Uniform`]) on the
+/// same data; returns it with its held-out loss (cross-entropy of the denoiser).
+pub fn fit_markov_uniform(
+    task: &MarkovTask,
+    progress: bool,
+) -> (BlockDiffusionModel<CpuBackend>, f64) {
+    let device = Default::default();
+    <CpuTrainBackend as Backend>::seed(&device, task.seed);
+    let mcfg = task.model_config();
+    let tcfg = task
+        .train_config()
+        .with_kernel(NoiseKernel::Uniform)
+        .with_progress(progress);
+    let (train_set, val_set) = task.data();
+    let model = mcfg.init::<CpuTrainBackend>(&device);
+    let (model, _) = train(model, &mcfg, &tcfg, &train_set, &val_set, None, &device)
+        .expect("task config is valid");
+    let model = model.valid();
+    let loss = evaluate(
+        &model,
+        &mcfg,
+        &tcfg,
+        &val_set,
+        task.block_size,
+        Noise::Random,
+        2,
+        &device,
+    );
+    (model, loss)
 }
 
 /// Median (the lower one for an even count) of unsorted values. NaN when empty.

@@ -16,6 +16,7 @@
 //! | noise & LR schedules | [`schedule`] |
 //! | BD3-LM training | [`train`] |
 //! | block sampling | [`sample`] |
+//! | decoding policies compared | [`sampler_bench`] |
 //! | deterministic job sharding | [`shard`] |
 //! | unbounded streams (sliding KV window) | [`stream`] |
 //! | save / load | [`checkpoint`] |
@@ -34,6 +35,7 @@ pub mod model;
 pub mod plot;
 pub mod reward;
 pub mod sample;
+pub mod sampler_bench;
 pub mod schedule;
 pub mod shard;
 pub mod stream;

@@ -114,10 +114,14 @@ pub fn verifier_mask_data(cached: usize, b: usize) -> Vec<bool> {
         row[..cached].iter_mut().for_each(|x| *x = false);
         if r < b {
             row[cached + r] = false;
-            row[cached + b..cached + b + r].iter_mut().for_each(|x| *x = false);
+            row[cached + b..cached + b + r]
+                .iter_mut()
+                .for_each(|x| *x = false);
         } else {
             let i = r - b;
-            row[cached + b..cached + b + i + 1].iter_mut().for_each(|x| *x = false);
+            row[cached + b..cached + b + i + 1]
+                .iter_mut()
+                .for_each(|x| *x = false);
         }
     }
     blocked

@@ -465,7 +465,11 @@ fn record_external<B: Backend>(
         });
         internal.out
     } else {
-        let external = attention_part(q_blk, k.clone().narrow(2, 0, ext_n), v.clone().narrow(2, 0, ext_n));
+        let external = attention_part(
+            q_blk,
+            k.clone().narrow(2, 0, ext_n),
+            v.clone().narrow(2, 0, ext_n),
+        );
         let merged = merge_attention(&external, &internal);
         out.push(external);
         merged

@@ -20,8 +20,8 @@ use crate::mask;
 use crate::model::{BlockDiffusionConfig, BlockDiffusionModel, FlashBlockState, ForwardInput};
 
 mod steps;
-pub use steps::uniform_noise_ids;
 use crate::tokenizer::{BOS, EOS, MASK, PAD};
+pub use steps::uniform_noise_ids;
 
 /// How many masked tokens of a block are committed per model call.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -646,7 +646,13 @@ fn sample_inner<B: Backend, C: Condition>(
                                     &mut scratch,
                                 )
                             } else {
-                                steps::commit_unverified(&mut seqs[i], seq_off, &d, constraint, vocab)
+                                steps::commit_unverified(
+                                    &mut seqs[i],
+                                    seq_off,
+                                    &d,
+                                    constraint,
+                                    vocab,
+                                )
                             };
                         }
                     }
@@ -924,7 +930,10 @@ impl<B: Backend> Decoder<'_, B> {
     /// and the row's tokens `< i` ([`mask::verifier_mask_data`]). `[rows, b, vocab]`.
     fn verify(&mut self, blocks: &[Vec<u32>], start: usize) -> Vec<f32> {
         let (rows, b) = (self.rows, self.b);
-        debug_assert!(self.pending.is_none(), "verify after the block's first call");
+        debug_assert!(
+            self.pending.is_none(),
+            "verify after the block's first call"
+        );
         self.nfe += 1;
         let mut toks = Vec::with_capacity(rows * 2 * b);
         for blk in blocks {
@@ -978,7 +987,16 @@ pub(crate) fn commit_step(
     if masked.is_empty() {
         return Ok(Vec::new());
     }
-    let cands = propose(seq, seq_off, &masked, row, constraint, cfg, scratch, sample_index)?;
+    let cands = propose(
+        seq,
+        seq_off,
+        &masked,
+        row,
+        constraint,
+        cfg,
+        scratch,
+        sample_index,
+    )?;
     let order: Vec<usize> = match cfg.policy {
         CommitPolicy::FirstHitting => {
             vec![scratch.rng.random_range(0..cands.len())]
@@ -995,7 +1013,9 @@ pub(crate) fn commit_step(
             idx.into_iter().take(count).collect()
         }
     };
-    Ok(commit_in_order(seq, seq_off, &cands, &order, constraint, vocab))
+    Ok(commit_in_order(
+        seq, seq_off, &cands, &order, constraint, vocab,
+    ))
 }
 
 /// A proposal: block position, token, confidence.

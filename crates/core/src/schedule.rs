@@ -48,14 +48,25 @@ impl BetaCurriculum {
         if !mu_ok(self.mu_start) || !mu_ok(self.mu_end) {
             return Err("beta curriculum mu must be in (0, 1)".into());
         }
-        if !(self.c_start > 0.0 && self.c_end > 0.0 && self.c_start.is_finite() && self.c_end.is_finite()) {
+        if !(self.c_start > 0.0
+            && self.c_end > 0.0
+            && self.c_start.is_finite()
+            && self.c_end.is_finite())
+        {
             return Err("beta curriculum concentration must be finite and > 0".into());
         }
         Ok(())
     }
 
     /// `n` rates at training progress `progress ∈ [0, 1]`, clipped to `[t_min, t_max]`.
-    pub fn sample<R: Rng>(&self, n: usize, progress: f64, t_min: f64, t_max: f64, rng: &mut R) -> Vec<f64> {
+    pub fn sample<R: Rng>(
+        &self,
+        n: usize,
+        progress: f64,
+        t_min: f64,
+        t_max: f64,
+        rng: &mut R,
+    ) -> Vec<f64> {
         let f = progress.clamp(0.0, 1.0);
         let mu = self.mu_start + (self.mu_end - self.mu_start) * f;
         let c = self.c_start + (self.c_end - self.c_start) * f;
@@ -121,6 +132,32 @@ pub fn warmup_cosine(step: usize, warmup: usize, total: usize, peak: f64, min_ra
 mod tests {
     use super::*;
     use rand::SeedableRng;
+
+    #[test]
+    fn beta_curriculum_moves_its_mean_and_narrows() {
+        let c = BetaCurriculum::sdar_vl();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(4);
+        let stats = |progress: f64, rng: &mut rand::rngs::StdRng| {
+            let t = c.sample(20_000, progress, 0.02, 1.0, rng);
+            let mean = t.iter().sum::<f64>() / t.len() as f64;
+            let var = t.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / t.len() as f64;
+            assert!(t.iter().all(|&x| (0.02..=1.0).contains(&x)));
+            (mean, var)
+        };
+        let (m0, v0) = stats(0.0, &mut rng);
+        let (m1, v1) = stats(1.0, &mut rng);
+        // Beta(μC, (1-μ)C): mean μ, variance μ(1-μ)/(C+1).
+        assert!((m0 - 0.5).abs() < 0.01, "start mean {m0}");
+        assert!((m1 - 0.7).abs() < 0.01, "end mean {m1}");
+        assert!((v0 - 0.25 / 5.0).abs() < 0.005, "start variance {v0}");
+        assert!((v1 - 0.21 / 26.0).abs() < 0.002, "end variance {v1}");
+        assert!(BetaCurriculum {
+            mu_start: 1.0,
+            ..c.clone()
+        }
+        .validate()
+        .is_err());
+    }
 
     #[test]
     fn antithetic_rates_cover_the_interval_evenly() {

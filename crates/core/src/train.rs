@@ -370,9 +370,8 @@ pub fn noised_batch<B: Backend>(
         for (j, &(x, b)) in bonus.iter().enumerate() {
             dense[j * v + x as usize] = b;
         }
-        batch.loo_bonus = Some(
-            Tensor::<B, 1>::from_floats(dense.as_slice(), device).reshape([n, l, v]),
-        );
+        batch.loo_bonus =
+            Some(Tensor::<B, 1>::from_floats(dense.as_slice(), device).reshape([n, l, v]));
     }
     batch
 }

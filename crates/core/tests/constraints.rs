@@ -38,7 +38,12 @@ fn successor_constraint_holds_in_every_sample_under_every_policy() {
         (CommitPolicy::TopK { k: 3 }, None, false, true),
         // low threshold: many parallel commits per step
         (CommitPolicy::Threshold { tau: 0.05 }, None, false, true),
-        (CommitPolicy::DynamicFallback { tau: 0.1, k: 2 }, None, false, true),
+        (
+            CommitPolicy::DynamicFallback { tau: 0.1, k: 2 },
+            None,
+            false,
+            true,
+        ),
         (CommitPolicy::FirstHitting, None, false, false),
         (
             CommitPolicy::Speculative {

@@ -41,7 +41,11 @@ impl Constraint for OnlySymbols {
     }
 }
 
-fn trained_model() -> (BlockDiffusionModel<B>, BlockDiffusionConfig, SymbolTokenizer) {
+fn trained_model() -> (
+    BlockDiffusionModel<B>,
+    BlockDiffusionConfig,
+    SymbolTokenizer,
+) {
     let device = Default::default();
     <TB as Backend>::seed(&device, 3);
     let tok = SymbolTokenizer::new(SYMBOLS);
@@ -220,7 +224,10 @@ fn speculative_sampling_keeps_the_autoregressive_distribution() {
     let (c, _) = counts(&model, &mcfg, offset, parallel, n);
     let (stat, crit) = chi_square(&c, &joint);
     eprintln!("parallel top-k: chi2 {stat:.1} (critical {crit:.1})");
-    assert!(stat > crit, "parallel top-k unexpectedly matches: chi2 {stat:.1} < {crit:.1}");
+    assert!(
+        stat > crit,
+        "parallel top-k unexpectedly matches: chi2 {stat:.1} < {crit:.1}"
+    );
 }
 
 #[test]
@@ -232,13 +239,24 @@ fn flashblock_merge_equals_full_attention() {
     let k = Tensor::<B, 4>::random(shape(11), Distribution::Normal(0.0, 2.0), &device);
     let v = Tensor::<B, 4>::random(shape(11), Distribution::Normal(0.0, 1.0), &device);
     let full = scaled_attention(q.clone(), k.clone(), v.clone(), None);
-    let ext = attention_part(q.clone(), k.clone().narrow(2, 0, 6), v.clone().narrow(2, 0, 6));
-    let int = attention_part(q.clone(), k.clone().narrow(2, 6, 5), v.clone().narrow(2, 6, 5));
+    let ext = attention_part(
+        q.clone(),
+        k.clone().narrow(2, 0, 6),
+        v.clone().narrow(2, 0, 6),
+    );
+    let int = attention_part(
+        q.clone(),
+        k.clone().narrow(2, 6, 5),
+        v.clone().narrow(2, 6, 5),
+    );
     let merged = merge_attention(&ext, &int);
     let diff: f32 = (full - merged).abs().max().into_scalar();
     assert!(diff < 1e-5, "merge differs by {diff}");
     // Sanity: one part alone is not the answer.
-    let alone: f32 = (scaled_attention(q, k, v, None) - int.out).abs().max().into_scalar();
+    let alone: f32 = (scaled_attention(q, k, v, None) - int.out)
+        .abs()
+        .max()
+        .into_scalar();
     assert!(alone > 1e-2);
 }
 
@@ -246,7 +264,9 @@ fn flashblock_merge_equals_full_attention() {
 fn flashblock_in_the_model_is_exact_until_the_block_changes() {
     let device = Default::default();
     B::seed(&device, 2);
-    let cfg = BlockDiffusionConfig::new(12).with_d_model(32).with_n_layers(2);
+    let cfg = BlockDiffusionConfig::new(12)
+        .with_d_model(32)
+        .with_n_layers(2);
     let model = cfg.init::<B>(&device);
     let prompt: Vec<i64> = vec![4, 5, 6, 7, 8, 9];
     let block: Vec<i64> = vec![10, MASK as i64, 11, MASK as i64];
@@ -260,14 +280,21 @@ fn flashblock_in_the_model_is_exact_until_the_block_changes() {
         positions: (0..c + b).collect(),
         cond: None,
         cond_drop: None,
-        mask: Some(MaskTable::new(mask::append_mask_data(0, c, b), c + b, c + b)),
+        mask: Some(MaskTable::new(
+            mask::append_mask_data(0, c, b),
+            c + b,
+            c + b,
+        )),
     };
     let all: Vec<i64> = prompt.iter().chain(&block).copied().collect();
     let (plain, kvs) = model.forward_range(first(all.clone()), None, c, b);
     let mut state = FlashBlockState::new();
     let (recorded, _) = model.forward_block_flash(first(all), None, c, b, &mut state);
     let max_diff = |a: Tensor<B, 3>, b: Tensor<B, 3>| -> f32 { (a - b).abs().max().into_scalar() };
-    assert!(max_diff(plain.clone(), recorded) < 1e-4, "recording call differs");
+    assert!(
+        max_diff(plain.clone(), recorded) < 1e-4,
+        "recording call differs"
+    );
     assert!(state.is_recorded());
 
     let mut cache = KvCache::<B>::new();
@@ -282,13 +309,24 @@ fn flashblock_in_the_model_is_exact_until_the_block_changes() {
     // Same block tokens: the kept external part is not stale, reuse is exact.
     let (reused, _) =
         model.forward_block_flash(block_only(block.clone()), Some(&cache), 0, b, &mut state);
-    assert!(max_diff(plain, reused) < 1e-4, "reuse with nothing stale differs");
+    assert!(
+        max_diff(plain, reused) < 1e-4,
+        "reuse with nothing stale differs"
+    );
     // After a commit the kept part is stale: close to, but not the same as, the exact call.
     let committed: Vec<i64> = vec![10, 6, 11, MASK as i64];
-    let (stale, _) =
-        model.forward_block_flash(block_only(committed.clone()), Some(&cache), 0, b, &mut state);
+    let (stale, _) = model.forward_block_flash(
+        block_only(committed.clone()),
+        Some(&cache),
+        0,
+        b,
+        &mut state,
+    );
     let (exact, _) = model.forward_range(block_only(committed), Some(&cache), 0, b);
     let err = max_diff(exact.clone(), stale);
     let scale: f32 = exact.abs().max().into_scalar();
-    assert!(err > 0.0 && err < scale, "stale error {err} vs logit scale {scale}");
+    assert!(
+        err > 0.0 && err < scale,
+        "stale error {err} vs logit scale {scale}"
+    );
 }

@@ -98,7 +98,16 @@ pub(super) fn draft(
                 run *= (-h / ln_v).exp();
                 expected += run;
             }
-            d.cands = propose(seq, seq_off, &masked, row, constraint, cfg, scratch, sample_index)?;
+            d.cands = propose(
+                seq,
+                seq_off,
+                &masked,
+                row,
+                constraint,
+                cfg,
+                scratch,
+                sample_index,
+            )?;
             let confident = d.cands.iter().filter(|c| c.2 >= tau).count();
             let n = if dynamic { confident as f32 } else { 1.0 };
             d.verify = expected - cost * n >= 0.0;
@@ -177,8 +186,19 @@ pub(super) fn commit_unverified(
     vocab: usize,
 ) -> Vec<usize> {
     let idx = by_confidence(&d.cands);
-    let count = idx.iter().filter(|&&j| d.cands[j].2 >= d.tau).count().max(1);
-    commit_in_order(seq, seq_off, &d.cands, &idx[..count.min(idx.len())], constraint, vocab)
+    let count = idx
+        .iter()
+        .filter(|&&j| d.cands[j].2 >= d.tau)
+        .count()
+        .max(1);
+    commit_in_order(
+        seq,
+        seq_off,
+        &d.cands,
+        &idx[..count.min(idx.len())],
+        constraint,
+        vocab,
+    )
 }
 
 fn is_masked(seq: &[u32], q: usize) -> bool {
@@ -216,7 +236,16 @@ pub(super) fn deferred(
         .filter(|&q| seq[q] == MASK)
         .map(|q| q - seq_off)
         .collect();
-    let cands = propose(seq, seq_off, &positions, row, constraint, cfg, scratch, sample_index)?;
+    let cands = propose(
+        seq,
+        seq_off,
+        &positions,
+        row,
+        constraint,
+        cfg,
+        scratch,
+        sample_index,
+    )?;
     let idx = by_confidence(&cands);
     let count = idx.iter().filter(|&&j| cands[j].2 >= tau).count().max(1);
     let vocab = scratch.allowed.len();
@@ -298,7 +327,9 @@ pub(super) struct UniformPlan {
 
 /// The token ids uniform noise draws from: everything but `MASK` and `BOS`.
 pub fn uniform_noise_ids(vocab: usize) -> Vec<u32> {
-    (0..vocab as u32).filter(|&t| t != MASK && t != BOS).collect()
+    (0..vocab as u32)
+        .filter(|&t| t != MASK && t != BOS)
+        .collect()
 }
 
 /// Decodes one block with the uniform-state kernel ([`super::CommitPolicy::Uniform`]) (linear schedule `α_t = 1 − t`). The model's
@@ -353,7 +384,8 @@ pub(super) fn uniform_block(
                     allowed_at(seq, pos, st.constraint, &mut allowed, i)?;
                     fill_probs(&row(&logits, i, p, b), &allowed, st.cfg, &mut probs);
                     for (v, w) in weights.iter_mut().enumerate() {
-                        let keep = alpha_t * f32::from(v as u32 == current[p]) + (1.0 - alpha_t) / k_noise;
+                        let keep =
+                            alpha_t * f32::from(v as u32 == current[p]) + (1.0 - alpha_t) / k_noise;
                         *w = keep * probs[v];
                     }
                     seq[pos] = pick_weights(&mut weights, &probs, st.cfg, rng);
@@ -362,7 +394,12 @@ pub(super) fn uniform_block(
                 let ratio = alpha_t / alpha_s;
                 for p in 0..b {
                     let pos = st.seq_off + p;
-                    fill_probs(&row(&logits, i, p, b), &ctx_allowed[i][p], st.cfg, &mut probs);
+                    fill_probs(
+                        &row(&logits, i, p, b),
+                        &ctx_allowed[i][p],
+                        st.cfg,
+                        &mut probs,
+                    );
                     let x_t = seq[pos];
                     for (v, w) in weights.iter_mut().enumerate() {
                         *w = if ctx_allowed[i][p][v] {
@@ -389,11 +426,22 @@ pub(super) fn uniform_block(
                 let mut conds: Vec<Vec<f32>> = Vec::with_capacity(b);
                 let mut keys: Vec<(f32, usize)> = Vec::with_capacity(b);
                 for p in 0..b {
-                    fill_probs(&row(&logits, i, p, b), &ctx_allowed[i][p], st.cfg, &mut probs);
+                    fill_probs(
+                        &row(&logits, i, p, b),
+                        &ctx_allowed[i][p],
+                        st.cfg,
+                        &mut probs,
+                    );
                     let c: Vec<f32> = probs
                         .iter()
                         .zip(&ctx_allowed[i][p])
-                        .map(|(&x, &a)| if a { alpha_s * x + (1.0 - alpha_s) / k_noise } else { 0.0 })
+                        .map(|(&x, &a)| {
+                            if a {
+                                alpha_s * x + (1.0 - alpha_s) / k_noise
+                            } else {
+                                0.0
+                            }
+                        })
                         .collect();
                     let cur = seq[st.seq_off + p] as usize;
                     let best_other = c
