@@ -155,49 +155,66 @@ pub struct MarkovFit {
     pub train: TrainReport,
 }
 
+/// A model trained on the task, with what evaluating it needs.
+struct Trained {
+    model: BlockDiffusionModel<CpuBackend>,
+    model_cfg: BlockDiffusionConfig,
+    train_cfg: TrainConfig,
+    val: Vec<Example>,
+    report: TrainReport,
+}
+
+impl Trained {
+    /// Held-out loss at block size `block` (see [`evaluate`]).
+    fn evaluate(&self, block: usize, noise: Noise, passes: usize) -> f64 {
+        evaluate(
+            &self.model,
+            &self.model_cfg,
+            &self.train_cfg,
+            &self.val,
+            block,
+            noise,
+            passes,
+            &Default::default(),
+        )
+    }
+}
+
+/// Trains the task's model under `train_cfg` (seeded by the task).
+fn train_task(task: &MarkovTask, train_cfg: TrainConfig) -> Trained {
+    let device = Default::default();
+    <CpuTrainBackend as Backend>::seed(&device, task.seed);
+    let model_cfg = task.model_config();
+    let (train_set, val) = task.data();
+    let model = model_cfg.init::<CpuTrainBackend>(&device);
+    let (model, report) = train(
+        model, &model_cfg, &train_cfg, &train_set, &val, None, &device,
+    )
+    .expect("task config is valid");
+    Trained {
+        model: model.valid(),
+        model_cfg,
+        train_cfg,
+        val,
+        report,
+    }
+}
+
 /// Trains a model on the task and measures it on held-out data.
 pub fn fit_markov(
     task: &MarkovTask,
     progress: bool,
 ) -> (BlockDiffusionModel<CpuBackend>, MarkovFit) {
-    let device = Default::default();
-    <CpuTrainBackend as Backend>::seed(&device, task.seed);
-    let mcfg = task.model_config();
-    let tcfg = task.train_config().with_progress(progress);
-    let (train_set, val_set) = task.data();
-    let model = mcfg.init::<CpuTrainBackend>(&device);
-    let (model, report) = train(model, &mcfg, &tcfg, &train_set, &val_set, None, &device)
-        .expect("task config is valid");
-    let model = model.valid();
+    let t = train_task(task, task.train_config().with_progress(progress));
     let src = task.source();
-    let val_nelbo_block = evaluate(
-        &model,
-        &mcfg,
-        &tcfg,
-        &val_set,
-        task.block_size,
-        Noise::Random,
-        4,
-        &device,
-    );
-    let val_nll_ar = evaluate(
-        &model,
-        &mcfg,
-        &tcfg,
-        &val_set,
-        1,
-        Noise::AllMasked,
-        1,
-        &device,
-    );
     let fit = MarkovFit {
         true_entropy: src.sequence_entropy_per_token(task.seq_len),
         entropy_rate: src.entropy_rate(),
-        val_nelbo_block,
-        val_nll_ar,
-        train: report,
+        val_nelbo_block: t.evaluate(task.block_size, Noise::Random, 4),
+        val_nll_ar: t.evaluate(1, Noise::AllMasked, 1),
+        train: t.report.clone(),
     };
-    (model, fit)
+    (t.model, fit)
 }
 
 /// Trains the task's model with the uniform-state kernel ([`NoiseKernel::Uniform`]) on the
@@ -206,29 +223,19 @@ pub fn fit_markov_uniform(
     task: &MarkovTask,
     progress: bool,
 ) -> (BlockDiffusionModel<CpuBackend>, f64) {
-    let device = Default::default();
-    <CpuTrainBackend as Backend>::seed(&device, task.seed);
-    let mcfg = task.model_config();
-    let tcfg = task
+    let cfg = task
         .train_config()
         .with_kernel(NoiseKernel::Uniform)
         .with_progress(progress);
-    let (train_set, val_set) = task.data();
-    let model = mcfg.init::<CpuTrainBackend>(&device);
-    let (model, _) = train(model, &mcfg, &tcfg, &train_set, &val_set, None, &device)
-        .expect("task config is valid");
-    let model = model.valid();
-    let loss = evaluate(
-        &model,
-        &mcfg,
-        &tcfg,
-        &val_set,
-        task.block_size,
-        Noise::Random,
-        2,
-        &device,
-    );
-    (model, loss)
+    let t = train_task(task, cfg);
+    let loss = t.evaluate(task.block_size, Noise::Random, 2);
+    (t.model, loss)
+}
+
+/// The equal-quality band around the source's entropy `h`: the larger of 5% of it and the
+/// AR mode's own distance (`ar_nll` is AR's sample NLL).
+pub fn quality_tolerance(h: f64, ar_nll: f64) -> f64 {
+    (0.05 * h).max((ar_nll - h).abs())
 }
 
 /// Median (the lower one for an even count) of unsorted values. NaN when empty.
@@ -418,7 +425,7 @@ pub fn run_core_bench(
     };
     let ar1 = measure_decoding(model, task, "ar", &ar_cfg, 1, repeats);
     let ar16 = measure_decoding(model, task, "ar", &ar_cfg, 16, repeats.div_ceil(4));
-    let tol = (0.05 * h).max((ar1.sample_nll - h).abs());
+    let tol = quality_tolerance(h, ar1.sample_nll);
     runs.push(ar1.clone());
     runs.push(ar16.clone());
     let mut best: Option<DecodeRun> = None;

@@ -69,19 +69,11 @@ pub fn block_causal_mask_data(context: usize, len: usize, block: usize) -> Vec<b
 /// `noisy` positions (the next block, all masked) on top of `cached` positions: the clean rows
 /// must not see the noisy block, everything else is visible. Shape `[clean+noisy, cached+clean+noisy]`.
 pub fn append_mask_data(cached: usize, clean: usize, noisy: usize) -> Vec<bool> {
-    let q = clean + noisy;
-    let k = cached + q;
-    let mut blocked = vec![false; q * k];
-    for r in 0..clean {
-        for c in cached + clean..k {
-            blocked[r * k + c] = true;
-        }
-    }
-    blocked
+    append_blocks_mask_data(cached, clean, noisy, 1)
 }
 
-/// [`append_mask_data`] with the noisy part made of `blocks` consecutive blocks of `b`
-/// (block-causal among them: deferred decoding's look-ahead). Shape
+/// [`append_mask_data`] with the noisy part made of `blocks` consecutive blocks of `b`,
+/// block-causal among them (deferred decoding's look-ahead). Shape
 /// `[clean + blocks·b, cached + clean + blocks·b]`.
 pub fn append_blocks_mask_data(cached: usize, clean: usize, b: usize, blocks: usize) -> Vec<bool> {
     let q = clean + blocks * b;

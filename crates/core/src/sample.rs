@@ -567,10 +567,9 @@ fn sample_inner<B: Backend, C: Condition>(
             }
         } else {
             let mut step_in_block: u32 = 0;
-            let mut corrections_left = match cfg.corrector {
-                Some(Corrector::Arpc { rounds, .. }) => rounds,
-                None => 0,
-            };
+            let mut corrections_left = cfg
+                .corrector
+                .map_or(0, |Corrector::Arpc { rounds, .. }| rounds);
             loop {
                 // DCD: decode the next block in the same call once a window reaches into it.
                 let lookahead = has_next
@@ -711,18 +710,15 @@ fn sample_inner<B: Backend, C: Condition>(
                     any_masked |= seqs[i][seq_off..seq_off + b].contains(&MASK);
                 }
                 step_in_block += 1;
-                if !any_masked && corrections_left > 0 {
+                if let Some(Corrector::Arpc {
+                    remask, max_prob, ..
+                }) = cfg
+                    .corrector
+                    .filter(|_| !any_masked && corrections_left > 0)
+                {
                     // ARPC: the block is complete; re-mask what the AR mode disagrees with.
                     corrections_left -= 1;
-                    let Some(Corrector::Arpc {
-                        remask, max_prob, ..
-                    }) = cfg.corrector
-                    else {
-                        unreachable!("corrections only with a corrector")
-                    };
-                    let blocks: Vec<Vec<u32>> = (0..rows)
-                        .map(|r| seqs[r % n][seq_off..seq_off + b].to_vec())
-                        .collect();
+                    let blocks = row_blocks(&seqs, rows, seq_off, b);
                     let ver_logits = dec.verify(&blocks, start);
                     for i in (0..n).filter(|&i| !done[i]) {
                         let k = steps::arpc_remask(
@@ -758,11 +754,7 @@ fn sample_inner<B: Backend, C: Condition>(
                 }
             }
         }
-        dec.pending = Some(
-            (0..rows)
-                .map(|r| seqs[r % n][seq_off..seq_off + b].to_vec())
-                .collect(),
-        );
+        dec.pending = Some(row_blocks(&seqs, rows, seq_off, b));
     }
     stats.nfe = dec.nfe;
     let full_sequences: Vec<Vec<u32>> = seqs
@@ -793,6 +785,15 @@ fn sample_inner<B: Backend, C: Condition>(
         full_sequences,
         stats,
     })
+}
+
+/// `seqs[r % n][from..from + len]` for every model row (CFG's unconditional rows repeat the
+/// requests), `n = seqs.len()`.
+fn row_blocks(seqs: &[Vec<u32>], rows: usize, from: usize, len: usize) -> Vec<Vec<u32>> {
+    let n = seqs.len();
+    (0..rows)
+        .map(|r| seqs[r % n][from..from + len].to_vec())
+        .collect()
 }
 
 /// Extends every sequence with `MASK` (`PAD` for finished requests) to length `len`.
@@ -829,27 +830,11 @@ struct Decoder<'a, B: Backend> {
 impl<B: Backend> Decoder<'_, B> {
     /// One cached diffusion call over the `span` noisy positions from `seqs[r][seq_off..]`
     /// (absolute position `start`), flushing pending clean positions into the cache.
-    /// Returns logits `[rows, span, vocab]`.
+    /// With FlashBlock, a block's first call records the external attention and later calls
+    /// (the block alone: nothing pending) reuse it. Returns logits `[rows, span, vocab]`.
     fn call(&mut self, seqs: &[Vec<u32>], seq_off: usize, start: usize, span: usize) -> Vec<f32> {
         let (n, rows, b) = (self.n, self.rows, self.b);
         self.nfe += 1;
-        if self.use_flash && self.flash.is_recorded() && self.pending.is_none() {
-            let mut toks = Vec::with_capacity(rows * b);
-            for r in 0..rows {
-                toks.extend_from_slice(&seqs[r % n][seq_off..seq_off + b]);
-            }
-            let input = ForwardInput {
-                tokens: int_tensor::<B>(&toks, rows, b, self.device),
-                positions: (start..start + b).collect(),
-                cond: None,
-                cond_drop: None,
-                mask: None,
-            };
-            let (logits, _) =
-                self.model
-                    .forward_block_flash(input, Some(&self.cache), 0, b, &mut self.flash);
-            return to_vec(logits);
-        }
         let clean_rows = self.pending.take();
         let clean = clean_rows.as_ref().map_or(0, |c| c[0].len());
         let with_cond = self.cond_pending && self.has_cond;
@@ -1073,6 +1058,28 @@ pub(crate) fn by_confidence(cands: &[Candidate]) -> Vec<usize> {
     let mut idx: Vec<usize> = (0..cands.len()).collect();
     idx.sort_by(|&a, &c| cands[c].2.total_cmp(&cands[a].2));
     idx
+}
+
+/// The threshold rule: commits every candidate with confidence `≥ tau`, and at least the most
+/// confident one, most confident first.
+pub(crate) fn commit_confident(
+    seq: &mut [u32],
+    seq_off: usize,
+    cands: &[Candidate],
+    tau: f32,
+    constraint: &dyn Constraint,
+    vocab: usize,
+) -> Vec<usize> {
+    let idx = by_confidence(cands);
+    let count = idx.iter().filter(|&&j| cands[j].2 >= tau).count().max(1);
+    commit_in_order(
+        seq,
+        seq_off,
+        cands,
+        &idx[..count.min(idx.len())],
+        constraint,
+        vocab,
+    )
 }
 
 /// Commits `cands[order[..]]` in order. The first was proposed under the current context;

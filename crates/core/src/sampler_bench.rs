@@ -9,7 +9,7 @@ use std::path::Path;
 use plotters::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use crate::bench::{measure_decoding, DecodeRun, MarkovTask};
+use crate::bench::{measure_decoding, quality_tolerance, DecodeRun, MarkovTask};
 use crate::model::BlockDiffusionModel;
 use crate::sample::{CommitPolicy, Corrector, SamplerConfig, SpecRouting};
 use crate::CpuBackend;
@@ -41,8 +41,8 @@ pub struct SamplerBenchReport {
     pub task: MarkovTask,
     /// Exact per-token entropy of the source (nats).
     pub true_entropy: f64,
-    /// Equal quality: sample NLL within this many nats of the true entropy (the larger of 5%
-    /// of it and the AR mode's own distance).
+    /// Equal quality: sample NLL within this many nats of the true entropy
+    /// ([`quality_tolerance`]).
     pub tolerance: f64,
     /// Every policy measured.
     pub runs: Vec<SamplerRun>,
@@ -167,7 +167,7 @@ pub fn run_sampler_bench(
         ..SamplerConfig::autoregressive(len)
     };
     let ar = measure_decoding(model, task, "ar", &ar_cfg, 1, repeats);
-    let tol = (0.05 * h).max((ar.sample_nll - h).abs());
+    let tol = quality_tolerance(h, ar.sample_nll);
     let to_run = |r: DecodeRun, family: &str| SamplerRun {
         equal_quality: (r.sample_nll - h).abs() <= tol,
         name: r.name,

@@ -7,8 +7,8 @@ use rand::rngs::StdRng;
 use rand::Rng;
 
 use super::{
-    allowed_at, argmax, by_confidence, commit_in_order, draw, fill_probs, propose, Candidate,
-    SampleError, SamplerConfig, SpecRouting, StepScratch,
+    allowed_at, argmax, commit_confident, draw, fill_probs, propose, Candidate, SampleError,
+    SamplerConfig, SpecRouting, StepScratch,
 };
 use crate::constraint::Constraint;
 use crate::tokenizer::{BOS, MASK, PAD};
@@ -98,19 +98,30 @@ pub(super) fn draft(
                 run *= (-h / ln_v).exp();
                 expected += run;
             }
-            d.cands = propose(
-                seq,
-                seq_off,
-                &masked,
-                row,
-                constraint,
-                cfg,
-                scratch,
-                sample_index,
-            )?;
-            let confident = d.cands.iter().filter(|c| c.2 >= tau).count();
-            let n = if dynamic { confident as f32 } else { 1.0 };
-            d.verify = expected - cost * n >= 0.0;
+            // Proposals over all masked positions only where they are used: the dynamic
+            // rule counts them, and an unverified step commits from them.
+            let mut proposals = || {
+                propose(
+                    seq,
+                    seq_off,
+                    &masked,
+                    &row,
+                    constraint,
+                    cfg,
+                    scratch,
+                    sample_index,
+                )
+            };
+            if dynamic {
+                d.cands = proposals()?;
+                let confident = d.cands.iter().filter(|c| c.2 >= tau).count();
+                d.verify = expected - cost * confident as f32 >= 0.0;
+            } else {
+                d.verify = expected - cost >= 0.0;
+                if !d.verify {
+                    d.cands = proposals()?;
+                }
+            }
             d.tau = tau;
         }
     }
@@ -185,20 +196,7 @@ pub(super) fn commit_unverified(
     constraint: &dyn Constraint,
     vocab: usize,
 ) -> Vec<usize> {
-    let idx = by_confidence(&d.cands);
-    let count = idx
-        .iter()
-        .filter(|&&j| d.cands[j].2 >= d.tau)
-        .count()
-        .max(1);
-    commit_in_order(
-        seq,
-        seq_off,
-        &d.cands,
-        &idx[..count.min(idx.len())],
-        constraint,
-        vocab,
-    )
+    commit_confident(seq, seq_off, &d.cands, d.tau, constraint, vocab)
 }
 
 fn is_masked(seq: &[u32], q: usize) -> bool {
@@ -246,10 +244,8 @@ pub(super) fn deferred(
         scratch,
         sample_index,
     )?;
-    let idx = by_confidence(&cands);
-    let count = idx.iter().filter(|&&j| cands[j].2 >= tau).count().max(1);
     let vocab = scratch.allowed.len();
-    let committed = commit_in_order(seq, seq_off, &cands, &idx[..count], constraint, vocab);
+    let committed = commit_confident(seq, seq_off, &cands, tau, constraint, vocab);
     // Slide: the window again holds `window` masks, starting at the new leftmost mask.
     let l2 = (l..limit).find(|&q| is_masked(seq, q)).unwrap_or(limit);
     let remaining = (l2..r).filter(|&q| is_masked(seq, q)).count();
