@@ -282,6 +282,47 @@ pub fn all(args: AllArgs) -> Result<()> {
         .map(String::from),
         &j("traj"),
     );
+    let repeats = args.repeats.to_string();
+    out["samplers"] = domain_bench(
+        "samplers",
+        None,
+        &[
+            "bench",
+            "samplers",
+            "--task",
+            "small",
+            "--repeats",
+            &repeats,
+            "--json",
+            &s(&j("samplers")),
+            "--png",
+            &s(&args.dir.join("samplers.png")),
+        ]
+        .map(String::from),
+        &j("samplers"),
+    );
+    out["traj_samplers"] = domain_bench(
+        "traj_samplers",
+        need(&[td.clone(), tc.clone()], "run `blockdiff traj demo` first"),
+        &[
+            "bench",
+            "samplers",
+            "--task",
+            "traj",
+            "--data",
+            &s(&td),
+            "--checkpoint",
+            &s(&tc),
+            "-n",
+            "500",
+            "--json",
+            &s(&j("traj_samplers")),
+            "--png",
+            &s(&args.dir.join("traj_samplers.png")),
+        ]
+        .map(String::from),
+        &j("traj_samplers"),
+    );
     let (rc, rd) = (
         args.robot.join("checkpoint"),
         args.robot.join("demos.safetensors"),
@@ -371,7 +412,26 @@ pub fn all(args: AllArgs) -> Result<()> {
                 .unwrap_or(f64::NAN)
         );
     }
-    for name in ["core", "twin", "traj", "robot", "music", "dag"] {
+    for name in ["samplers", "traj_samplers"] {
+        if let Some(r) = out[name].get("result") {
+            println!(
+                "| {name} | best {} at equal quality: {:.2}x the tuned threshold, {:.2}x AR |",
+                r["best_policy"].as_str().unwrap_or("?"),
+                r["best_speedup_vs_threshold"].as_f64().unwrap_or(f64::NAN),
+                r["best_speedup_vs_ar"].as_f64().unwrap_or(f64::NAN)
+            );
+        }
+    }
+    for name in [
+        "core",
+        "twin",
+        "samplers",
+        "traj_samplers",
+        "traj",
+        "robot",
+        "music",
+        "dag",
+    ] {
         if let Some(p) = out[name]["peak_rss_mib"].as_f64() {
             println!("| {name} peak memory | {p:.0} MiB resident |");
         }

@@ -82,7 +82,8 @@ enum BenchCommand {
         repeats: usize,
     },
     /// Every decoding policy (threshold sweep, S2D2, DCD, ARPC, FlashBlock, uniform kernel)
-    /// on the Markov task: NFE, wall-clock and quality; speed-ups at equal quality.
+    /// on the Markov task or the trajectory benchmark: NFE, wall-clock and quality;
+    /// speed-ups at equal quality.
     Samplers {
         /// Write the report as JSON here.
         #[arg(long)]
@@ -90,22 +91,47 @@ enum BenchCommand {
         /// The quality-vs-NFE / quality-vs-wall-clock plot.
         #[arg(long, default_value = "out/bench/samplers.png")]
         png: PathBuf,
-        /// Task size.
-        #[arg(long, value_enum, default_value_t = TaskSize::Small)]
-        task: TaskSize,
-        /// Samples per policy (median wall-clock is reported).
+        /// Benchmark: the Markov task (`small`, `full`) or `traj` (a trained checkpoint).
+        #[arg(long, value_enum, default_value_t = SamplerTask::Small)]
+        task: SamplerTask,
+        /// Markov: samples per policy (median wall-clock is reported).
         #[arg(long, default_value_t = 20)]
         repeats: usize,
-        /// Skip training the uniform-kernel model (and its policies).
+        /// Markov: skip training the uniform-kernel model (and its policies).
         #[arg(long)]
         no_uniform: bool,
+        /// Traj: folder with the network, `val.csv` and `test.csv`.
+        #[arg(long, default_value = "out/traj-demo/data")]
+        data: PathBuf,
+        /// Traj: checkpoint folder.
+        #[arg(long, default_value = "out/traj-demo/checkpoint")]
+        checkpoint: PathBuf,
+        /// Traj: requests per policy (held-out requests, cycled).
+        #[arg(short, long, default_value_t = 1000)]
+        n: usize,
+        /// Traj: requests per sampler call (1 = the latency regime, as the Markov task; two
+        /// worker threads take calls in turn either way).
+        #[arg(long, default_value_t = 1)]
+        batch_size: usize,
+        /// Traj: block size of the block policies.
+        #[arg(long, default_value_t = 16)]
+        block: usize,
     },
     /// Against the PyTorch twin (`tests/torch_twin/twin.py`): logit agreement on our
     /// safetensors weights, then a training step and a full sample timed on both sides.
     Twin(bench::TwinArgs),
-    /// Every benchmark in one run: core, the PyTorch twin and each domain whose demo output
-    /// exists; one JSON with the machine, commit and every ratio.
+    /// Every benchmark in one run: core, the PyTorch twin, the decoding policies (Markov task
+    /// and, when its demo output exists, traj) and each domain whose demo output exists; one
+    /// JSON with the machine, commit and every ratio.
     All(bench::AllArgs),
+}
+
+/// The benchmark of `bench samplers`.
+#[derive(Clone, Copy, ValueEnum)]
+enum SamplerTask {
+    Small,
+    Full,
+    Traj,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -155,8 +181,34 @@ fn run(command: Command) -> Result<()> {
                     task,
                     repeats,
                     no_uniform,
+                    data,
+                    checkpoint,
+                    n,
+                    batch_size,
+                    block,
                 },
-        } => bench_samplers(json, png, task.task(), repeats, !no_uniform).map(|_| ()),
+        } => {
+            let report = match task {
+                SamplerTask::Small | SamplerTask::Full => {
+                    let size = if matches!(task, SamplerTask::Small) {
+                        TaskSize::Small
+                    } else {
+                        TaskSize::Full
+                    };
+                    markov_samplers(size.task(), repeats, !no_uniform)?
+                }
+                SamplerTask::Traj => traj::sampler_bench(
+                    &data,
+                    &checkpoint,
+                    &blockdiff_traj::sampler_bench::TrajSamplerBench {
+                        n,
+                        batch: batch_size,
+                        block,
+                    },
+                )?,
+            };
+            report_samplers(&report, json, png)
+        }
         Command::Bench {
             which:
                 BenchCommand::Core {
@@ -199,16 +251,13 @@ fn bench_core(
     Ok(report)
 }
 
-/// `bench samplers`: trains the Markov task model (and a uniform-kernel one), then every
-/// decoding policy.
-fn bench_samplers(
-    json: Option<PathBuf>,
-    png: PathBuf,
+/// `bench samplers` on the Markov task: trains its model (and a uniform-kernel one), then
+/// every decoding policy.
+fn markov_samplers(
     task: MarkovTask,
     repeats: usize,
     uniform: bool,
 ) -> Result<blockdiff_core::sampler_bench::SamplerBenchReport> {
-    use blockdiff_core::sampler_bench::{run_sampler_bench, sampler_table, write_sampler_plot};
     eprintln!("training the Markov task model ({} steps)...", task.steps);
     let (model, fit) = fit_markov(&task, true);
     let uniform_model = if uniform {
@@ -221,18 +270,29 @@ fn bench_samplers(
         None
     };
     eprintln!("benchmarking decoding policies...");
-    let report = run_sampler_bench(
+    Ok(blockdiff_core::sampler_bench::run_sampler_bench(
         &model,
         uniform_model.as_ref().map(|(m, l)| (m, *l)),
         &task,
         fit.true_entropy,
         repeats.max(1),
-    );
-    println!("{}", sampler_table(&report));
+    ))
+}
+
+/// Prints the sampler table and summary, writes the plot and the JSON.
+fn report_samplers(
+    report: &blockdiff_core::sampler_bench::SamplerBenchReport,
+    json: Option<PathBuf>,
+    png: PathBuf,
+) -> Result<()> {
+    use blockdiff_core::sampler_bench::{sampler_table, write_sampler_plot};
+    println!("{}", sampler_table(report));
     println!(
-        "true entropy {:.4} nats/token, equal quality within {:.4}; tuned threshold {}; best {}: {:.2}x the tuned threshold, {:.2}x AR",
-        report.true_entropy,
-        report.tolerance,
+        "{}: reference {:.4}, equal quality in [{:.4}, {:.4}]; tuned threshold {}; best {}: {:.2}x the tuned threshold, {:.2}x AR",
+        report.quality_metric,
+        report.reference,
+        report.equal_quality_band[0],
+        report.equal_quality_band[1],
         report.threshold_policy,
         report.best_policy,
         report.best_speedup_vs_threshold,
@@ -241,14 +301,14 @@ fn bench_samplers(
     if let Some(l) = report.uniform_val_loss {
         println!("uniform-kernel model: held-out denoiser loss {l:.4} nats/token");
     }
-    write_sampler_plot(&report, &png).map_err(|m| anyhow::anyhow!("{}: {m}", png.display()))?;
+    write_sampler_plot(report, &png).map_err(|m| anyhow::anyhow!("{}: {m}", png.display()))?;
     println!("plot: {}", png.display());
     if let Some(path) = json {
-        let v = serde_json::to_vec_pretty(&report)?;
+        let v = serde_json::to_vec_pretty(report)?;
         checkpoint::write_atomic(&path, &v)
             .with_context(|| format!("writing {}", path.display()))?;
     }
-    Ok(report)
+    Ok(())
 }
 
 fn demo(out: PathBuf, task: MarkovTask) -> Result<()> {

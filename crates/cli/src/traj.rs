@@ -3,7 +3,8 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use blockdiff_core::sample::{CommitPolicy, SamplerConfig};
+use blockdiff_core::sample::{CommitPolicy, Corrector, SamplerConfig};
+use blockdiff_core::sampler_bench::SamplerBenchReport;
 use blockdiff_core::shard::Shard;
 use blockdiff_traj::generate::{load_model, train_model, TrajModelConfig};
 use blockdiff_traj::hoser::{
@@ -12,6 +13,7 @@ use blockdiff_traj::hoser::{
 use blockdiff_traj::matching::{evaluate_matching, match_trace, read_gps_csv, MatchConfig};
 use blockdiff_traj::network::{ImportOptions, RoadNetwork};
 use blockdiff_traj::pipeline::{evaluate_all, requests_of, run_demo, write_geojson, DemoOptions};
+use blockdiff_traj::sampler_bench::{run_traj_sampler_bench, TrajSamplerBench};
 use blockdiff_traj::simulate::{simulate, SimConfig};
 use blockdiff_traj::Trip;
 use clap::{Args, Subcommand};
@@ -172,9 +174,17 @@ pub struct SamplerArgs {
     /// Block size (1 = autoregressive mode of the same weights).
     #[arg(long, default_value_t = 16)]
     block: usize,
-    /// Commit policy: `threshold:TAU`, `topk:K`, `dynamic:TAU:K`, `first-hitting`.
+    /// Commit policy: `threshold:TAU`, `topk:K`, `dynamic:TAU:K`, `first-hitting`, `s2d2`
+    /// (always verify), `s2d2:static:COST:TAU`, `s2d2:dynamic:COST:TAU`,
+    /// `dcd:TAU:WINDOW:MAX_WINDOW`, `uniform:STEPS[:K:ROUNDS]` (uniform-kernel checkpoints).
     #[arg(long, default_value = "threshold:0.9")]
     policy: String,
+    /// Corrector on complete blocks: `arpc:REMASK:ROUNDS:MAX_PROB`.
+    #[arg(long)]
+    corrector: Option<String>,
+    /// FlashBlock: reuse each layer's attention to the cache from a block's first call.
+    #[arg(long)]
+    flashblock: bool,
     /// Softmax temperature.
     #[arg(long, default_value_t = 1.0)]
     temperature: f32,
@@ -189,31 +199,18 @@ pub struct SamplerArgs {
     seed: u64,
 }
 
-fn parse_policy(s: &str) -> Result<CommitPolicy> {
-    let parts: Vec<&str> = s.split(':').collect();
-    Ok(match parts.as_slice() {
-        ["threshold", t] => CommitPolicy::Threshold {
-            tau: t.parse().context("threshold TAU")?,
-        },
-        ["topk", k] => CommitPolicy::TopK {
-            k: k.parse().context("topk K")?,
-        },
-        ["dynamic", t, k] => CommitPolicy::DynamicFallback {
-            tau: t.parse().context("dynamic TAU")?,
-            k: k.parse().context("dynamic K")?,
-        },
-        ["first-hitting"] => CommitPolicy::FirstHitting,
-        _ => bail!("unknown policy `{s}` (threshold:TAU, topk:K, dynamic:TAU:K, first-hitting)"),
-    })
-}
-
 impl SamplerArgs {
     fn config(&self) -> Result<SamplerConfig> {
         let policy = if self.block == 1 {
             CommitPolicy::TopK { k: 1 }
         } else {
-            parse_policy(&self.policy)?
+            self.policy.parse::<CommitPolicy>()?
         };
+        let corrector = self
+            .corrector
+            .as_deref()
+            .map(str::parse::<Corrector>)
+            .transpose()?;
         Ok(SamplerConfig {
             block_size: self.block,
             policy,
@@ -221,9 +218,28 @@ impl SamplerArgs {
             cfg_scale: self.cfg_scale,
             seed: self.seed,
             max_len: usize::MAX,
+            flashblock: self.flashblock,
+            corrector,
             ..SamplerConfig::default()
         })
     }
+}
+
+/// `bench samplers --task traj`: every decoding policy on a trained checkpoint.
+pub fn sampler_bench(
+    data: &Path,
+    checkpoint: &Path,
+    settings: &TrajSamplerBench,
+) -> Result<SamplerBenchReport> {
+    let net = read_roadmap(data)?;
+    let val = load_trips(data, "val.csv", &net)?;
+    let test = load_trips(data, "test.csv", &net)?;
+    let model = load_model(checkpoint, &net)?;
+    eprintln!(
+        "benchmarking decoding policies on {} trajectory requests...",
+        settings.n
+    );
+    Ok(run_traj_sampler_bench(&model, &net, &val, &test, settings)?)
 }
 
 fn default_osm() -> PathBuf {

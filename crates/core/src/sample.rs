@@ -20,8 +20,10 @@ use crate::mask;
 use crate::model::{BlockDiffusionConfig, BlockDiffusionModel, FlashBlockState, ForwardInput};
 
 mod steps;
+mod text;
 use crate::tokenizer::{BOS, EOS, MASK, PAD};
 pub use steps::uniform_noise_ids;
+pub use text::{CORRECTOR_FORMS, POLICY_FORMS};
 
 /// How many masked tokens of a block are committed per model call.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -745,8 +747,11 @@ fn sample_inner<B: Backend, C: Condition>(
             if done[i] {
                 continue;
             }
+            // Only finished blocks count: DCD's look-ahead may already have committed an EOS
+            // in the next block while positions before it are still masked.
             let gen = &mut seqs[i][prompt_len..];
-            if let Some(e) = gen.iter().position(|&t| t == EOS || t == PAD) {
+            let finished = (seq_off + b - prompt_len).min(gen.len());
+            if let Some(e) = gen[..finished].iter().position(|&t| t == EOS || t == PAD) {
                 gen[e + 1..].iter_mut().for_each(|t| *t = PAD);
                 ended[i] = true;
                 if cfg.stop_at_eos {

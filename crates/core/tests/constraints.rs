@@ -18,23 +18,14 @@ fn graph() -> (SymbolTokenizer, Vec<Vec<u32>>) {
     (SymbolTokenizer::new(32), src.successors().to_vec())
 }
 
-#[test]
-fn successor_constraint_holds_in_every_sample_under_every_policy() {
-    let device = Default::default();
-    B::seed(&device, 5);
-    let (tok, succ) = graph();
-    let cfg = BlockDiffusionConfig::new(tok.vocab().size())
-        .with_d_model(32)
-        .with_n_layers(1);
-    let model = cfg.init::<B>(&device);
-    let constraint = SuccessorConstraint::new(tok.vocab(), succ.clone(), false);
+/// Every policy, as (policy, corrector, FlashBlock, must commit in parallel somewhere).
+fn variants() -> Vec<(CommitPolicy, Option<Corrector>, bool, bool)> {
     let arpc = Some(Corrector::Arpc {
         remask: 3,
         rounds: 2,
         max_prob: 0.9,
     });
-    // (policy, corrector, FlashBlock, must commit in parallel somewhere)
-    let variants: Vec<(CommitPolicy, Option<Corrector>, bool, bool)> = vec![
+    vec![
         (CommitPolicy::TopK { k: 3 }, None, false, true),
         // low threshold: many parallel commits per step
         (CommitPolicy::Threshold { tau: 0.05 }, None, false, true),
@@ -86,7 +77,20 @@ fn successor_constraint_holds_in_every_sample_under_every_policy() {
             false,
             true,
         ),
-    ];
+    ]
+}
+
+#[test]
+fn successor_constraint_holds_in_every_sample_under_every_policy() {
+    let device = Default::default();
+    B::seed(&device, 5);
+    let (tok, succ) = graph();
+    let cfg = BlockDiffusionConfig::new(tok.vocab().size())
+        .with_d_model(32)
+        .with_n_layers(1);
+    let model = cfg.init::<B>(&device);
+    let constraint = SuccessorConstraint::new(tok.vocab(), succ.clone(), false);
+    let variants = variants();
     let batch = 25;
     for (pi, (policy, corrector, flashblock, parallel)) in variants.iter().enumerate() {
         let mut checked = 0;
@@ -161,6 +165,82 @@ fn successor_constraint_is_exact_about_gaps() {
     c.restrict(&seq, 2, &mut allowed);
     assert_eq!(allowed.iter().filter(|&&x| x).count(), 1);
     assert!(allowed[PAD as usize]);
+}
+
+/// Every sequence ends at `terminal` within `horizon` positions.
+struct ToTerminal {
+    graph: SuccessorConstraint,
+    terminal: u32,
+    horizon: usize,
+}
+
+impl Constraint for ToTerminal {
+    fn restrict(&self, seq: &[u32], pos: usize, allowed: &mut [bool]) {
+        self.graph
+            .restrict_to_terminal(seq, pos, allowed, self.terminal, Some(self.horizon));
+    }
+}
+
+/// With `EOS` allowed and `stop_at_eos`, every policy ends its sequences cleanly: no masked
+/// position is ever left before the end (DCD's look-ahead may commit an `EOS` in the next block
+/// before the current block is complete), and the edges hold up to the end.
+#[test]
+fn every_policy_ends_eos_terminated_sequences_without_gaps() {
+    let device = Default::default();
+    B::seed(&device, 6);
+    let (tok, succ) = graph();
+    let cfg = BlockDiffusionConfig::new(tok.vocab().size())
+        .with_d_model(32)
+        .with_n_layers(1);
+    let model = cfg.init::<B>(&device);
+    // Trips end at a fixed node within a horizon (the traj setting): PAD may then be committed
+    // far right while positions to its left are still masked.
+    let constraint = ToTerminal {
+        graph: SuccessorConstraint::new(tok.vocab(), succ.clone(), true),
+        terminal: tok.vocab().regular_id(5),
+        horizon: 1 + 24,
+    };
+    let batch = 25;
+    // Plus DCD with a window twice the block: it always decodes the next block too.
+    let mut runs: Vec<(usize, CommitPolicy, Option<Corrector>, bool)> = variants()
+        .into_iter()
+        .map(|(p, c, f, _)| (8, p, c, f))
+        .collect();
+    let wide = CommitPolicy::Deferred {
+        tau: 0.05,
+        window: 8,
+        max_window: 8,
+    };
+    runs.push((4, wide, None, false));
+    for (pi, (block, policy, corrector, flashblock)) in runs.iter().enumerate() {
+        let mut ended_early = 0;
+        for round in 0..8 {
+            let scfg = SamplerConfig {
+                block_size: *block,
+                policy: policy.clone(),
+                max_len: 24,
+                stop_at_eos: true,
+                seed: (pi * 100 + round) as u64,
+                corrector: *corrector,
+                flashblock: *flashblock,
+                ..SamplerConfig::default()
+            };
+            let reqs = vec![Conditioning::default(); batch];
+            let out =
+                sample(&model, &cfg, &reqs, &constraint, &scfg, &device).expect("no dead end");
+            for (s, ended) in out.sequences.iter().zip(&out.ended) {
+                let syms = tok
+                    .decode(s)
+                    .unwrap_or_else(|e| panic!("{policy:?}: {e} in {s:?}"));
+                for w in syms.windows(2) {
+                    assert!(succ[w[0]].contains(&(w[1] as u32)), "{policy:?}: {syms:?}");
+                }
+                assert!(*ended || s.len() == 24, "{policy:?}: short but not ended");
+                ended_early += usize::from(s.len() < 24);
+            }
+        }
+        assert!(ended_early > 0, "{policy:?}: no sequence ended with EOS");
+    }
 }
 
 /// `restrict_to_terminal` is exact: committing any allowed token at any masked position, in a

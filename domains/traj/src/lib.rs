@@ -9,6 +9,7 @@
 //!   topology constraint for decoding.
 //! - [`generate`]: training and sampling on the core engine, plus the baselines.
 //! - [`metrics`]: HOSER's evaluation metrics.
+//! - [`sampler_bench`]: the core's decoding policies on this benchmark.
 
 #![warn(missing_docs)]
 
@@ -20,6 +21,7 @@ pub mod metrics;
 pub mod network;
 pub mod pipeline;
 pub mod plot;
+pub mod sampler_bench;
 pub mod simulate;
 pub mod tokenizer;
 pub mod trip;
