@@ -142,7 +142,7 @@ fn machine() -> Value {
         .map(|kb| kb / 1024.0 / 1024.0);
     json!({
         "cpu": cpu,
-        "threads": std::thread::available_parallelism().map_or(1, |n| n.get()),
+        "threads": blockdiff_core::cpu_cores(),
         "mem_gib": mem_gib,
         "os": std::env::consts::OS,
         "arch": std::env::consts::ARCH,

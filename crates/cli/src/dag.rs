@@ -68,9 +68,12 @@ pub enum DagCommand {
         /// Unique benchmark queries per seed.
         #[arg(long, default_value_t = 200)]
         budget: usize,
-        /// Seeds (0..N).
+        /// Number of seeds.
         #[arg(long, default_value_t = 20)]
         seeds: u64,
+        /// First seed (seeds run from here): held-out seeds for settings tuned on others.
+        #[arg(long, default_value_t = 0)]
+        first_seed: u64,
         /// RL samples per round.
         #[arg(long, default_value_t = 8)]
         batch: usize,
@@ -89,6 +92,10 @@ pub enum DagCommand {
         /// RL: freeze the embedding and this many lowest layers.
         #[arg(long, default_value_t = 0)]
         freeze_layers: usize,
+        /// RL: penalty on the reward of a cell already queried in an earlier round (in reward
+        /// units; 0 = off).
+        #[arg(long, default_value_t = 0.5)]
+        repeat_penalty: f64,
         /// Control run: the search is handed −reward.
         #[arg(long)]
         invert: bool,
@@ -164,12 +171,14 @@ pub fn run(cmd: DagCommand) -> Result<()> {
             method,
             budget,
             seeds,
+            first_seed,
             batch,
             lr,
             epochs,
             reward_decay,
             temperature,
             freeze_layers,
+            repeat_penalty,
             invert,
             json,
             plot,
@@ -193,6 +202,7 @@ pub fn run(cmd: DagCommand) -> Result<()> {
                 batch,
                 invert,
                 temperature,
+                repeat_penalty,
                 ..SearchConfig::default()
             };
             cfg.pg.epochs = epochs;
@@ -211,7 +221,7 @@ pub fn run(cmd: DagCommand) -> Result<()> {
                 );
                 bar.set_message(m.name());
                 let mut runs = Vec::new();
-                for seed in 0..seeds {
+                for seed in first_seed..first_seed + seeds {
                     runs.push(run_search(&b, m, seed, &cfg, gen.as_ref())?);
                     bar.inc(1);
                 }

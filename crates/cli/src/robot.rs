@@ -93,9 +93,13 @@ impl TrainArgs {
 
 #[derive(Args, Clone)]
 pub struct NodeArgs {
-    /// Most requests decoded as one batch.
-    #[arg(long, default_value_t = 8)]
+    /// Most requests one inference thread decodes as one batch.
+    #[arg(long, default_value_t = 2)]
     max_batch: usize,
+    /// Inference threads sharing the model, each decoding its own batch (default: one per
+    /// core).
+    #[arg(long, default_value_t = blockdiff_core::cpu_cores())]
+    workers: usize,
     /// Requests allowed to wait; more are refused with "server busy".
     #[arg(long, default_value_t = 64)]
     queue: usize,
@@ -117,6 +121,7 @@ impl NodeArgs {
     fn config(&self) -> ServeConfig {
         ServeConfig {
             max_batch: self.max_batch,
+            workers: self.workers,
             queue: self.queue,
             deadline_ms: self.deadline_ms,
             max_frame_bytes: self.max_frame_bytes,
@@ -397,6 +402,8 @@ struct BenchRow {
     mode: String,
     block: usize,
     nfe: f64,
+    workers: usize,
+    max_batch: usize,
     #[serde(flatten)]
     report: LatencyReport,
 }
@@ -413,46 +420,58 @@ fn bench(ckpt: &Path, d: &Demos, requests: usize) -> Result<Vec<BenchRow>> {
         .take(256)
         .collect();
     let mut rows = Vec::new();
+    // One inference thread taking up to 8 waiting requests (the node before workers), and
+    // the default: one thread per core, batches of at most 2.
+    let defaults = ServeConfig::default();
+    let nodes = [(1, 8), (defaults.workers, defaults.max_batch)];
     for (mode, b) in [("block", block), ("ar", 1)] {
-        let p = RobotPolicy::load(ckpt)?;
-        let sampler = p.sampler(Some(b), None);
-        // Model calls per chunk for this mode, from one direct call.
-        let first = blockdiff_robot::Observation {
-            state: obs[0].0.clone(),
-            task: p.settings().task_index(&obs[0].1).unwrap_or(0),
-        };
-        let (_, stats) = p.act(&[first], &sampler)?;
-        let handle = spawn(
-            p,
-            "127.0.0.1:0",
-            ServeConfig {
-                block: Some(b),
-                ..ServeConfig::default()
-            },
-        )?;
-        for clients in [1, 8] {
-            let report = latency_bench(handle.addr, &obs, clients, requests, 10)?;
-            rows.push(BenchRow {
-                mode: mode.into(),
-                block: b,
-                nfe: stats.nfe as f64,
-                report,
-            });
+        for &(workers, max_batch) in &nodes {
+            let p = RobotPolicy::load(ckpt)?;
+            let sampler = p.sampler(Some(b), None);
+            // Model calls per chunk for this mode, from one direct call.
+            let first = blockdiff_robot::Observation {
+                state: obs[0].0.clone(),
+                task: p.settings().task_index(&obs[0].1).unwrap_or(0),
+            };
+            let (_, stats) = p.act(&[first], &sampler)?;
+            let handle = spawn(
+                p,
+                "127.0.0.1:0",
+                ServeConfig {
+                    block: Some(b),
+                    workers,
+                    max_batch,
+                    ..ServeConfig::default()
+                },
+            )?;
+            for clients in [1, 8] {
+                let report = latency_bench(handle.addr, &obs, clients, requests, 10)?;
+                rows.push(BenchRow {
+                    mode: mode.into(),
+                    block: b,
+                    nfe: stats.nfe as f64,
+                    workers,
+                    max_batch,
+                    report,
+                });
+            }
+            handle.stop();
         }
-        handle.stop();
     }
     Ok(rows)
 }
 
 fn print_bench(rows: &[BenchRow]) {
-    println!("| mode | block | NFE/chunk | clients | p50 ms | p95 ms | p99 ms | req/s | errors |");
-    println!("|---|---|---|---|---|---|---|---|---|");
+    println!("| mode | block | NFE/chunk | workers | max batch | clients | p50 ms | p95 ms | p99 ms | req/s | errors |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
     for r in rows {
         println!(
-            "| {} | {} | {:.0} | {} | {:.2} | {:.2} | {:.2} | {:.0} | {} |",
+            "| {} | {} | {:.0} | {} | {} | {} | {:.2} | {:.2} | {:.2} | {:.0} | {} |",
             r.mode,
             r.block,
             r.nfe,
+            r.workers,
+            r.max_batch,
             r.report.clients,
             r.report.p50_ms,
             r.report.p95_ms,

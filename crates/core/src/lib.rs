@@ -57,3 +57,11 @@ pub type CudaBackend = burn::backend::Cuda;
 pub type CudaTrainBackend = burn::backend::Autodiff<burn::backend::Cuda>;
 
 pub use burn;
+
+/// CPU cores this process may use: the default number of sampling worker threads (traj's
+/// generator, the robot node). On a CPU, one sampler call per core at a time beats one large
+/// batched call: at our sizes a call is dominated by per-op overhead and cannot keep every core
+/// busy on its own (README, trajectory results).
+pub fn cpu_cores() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}

@@ -435,7 +435,7 @@ pub fn time_on<B: AutodiffBackend>(spec: &TwinSpec, device: &B::Device) -> TwinT
         train_step_s: median(times),
         sample_s,
         nfe,
-        threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        threads: crate::cpu_cores(),
     }
 }
 

@@ -6,7 +6,7 @@
 use blockdiff_core::burn::prelude::Backend;
 use blockdiff_core::condition::Conditioning;
 use blockdiff_core::constraint::{Constraint, SuccessorConstraint};
-use blockdiff_core::model::BlockDiffusionConfig;
+use blockdiff_core::model::{BlockDiffusionConfig, BlockDiffusionModel};
 use blockdiff_core::sample::{sample, CommitPolicy, Corrector, SamplerConfig, SpecRouting};
 use blockdiff_core::synthetic::MarkovSource;
 use blockdiff_core::tokenizer::{SymbolTokenizer, Tokenizer, EOS, MASK, PAD};
@@ -16,6 +16,24 @@ fn graph() -> (SymbolTokenizer, Vec<Vec<u32>>) {
     // 32 symbols, 3 successors each: a random sparse graph (plus a ring edge for connectivity).
     let src = MarkovSource::random(32, 3, 9);
     (SymbolTokenizer::new(32), src.successors().to_vec())
+}
+
+/// The graph and an untrained one-layer model over its vocabulary, seeded.
+fn untrained(
+    seed: u64,
+) -> (
+    SymbolTokenizer,
+    Vec<Vec<u32>>,
+    BlockDiffusionConfig,
+    BlockDiffusionModel<B>,
+) {
+    B::seed(&Default::default(), seed);
+    let (tok, succ) = graph();
+    let cfg = BlockDiffusionConfig::new(tok.vocab().size())
+        .with_d_model(32)
+        .with_n_layers(1);
+    let model = cfg.init::<B>(&Default::default());
+    (tok, succ, cfg, model)
 }
 
 /// Every policy, as (policy, corrector, FlashBlock, must commit in parallel somewhere).
@@ -83,12 +101,7 @@ fn variants() -> Vec<(CommitPolicy, Option<Corrector>, bool, bool)> {
 #[test]
 fn successor_constraint_holds_in_every_sample_under_every_policy() {
     let device = Default::default();
-    B::seed(&device, 5);
-    let (tok, succ) = graph();
-    let cfg = BlockDiffusionConfig::new(tok.vocab().size())
-        .with_d_model(32)
-        .with_n_layers(1);
-    let model = cfg.init::<B>(&device);
+    let (tok, succ, cfg, model) = untrained(5);
     let constraint = SuccessorConstraint::new(tok.vocab(), succ.clone(), false);
     let variants = variants();
     let batch = 25;
@@ -187,12 +200,7 @@ impl Constraint for ToTerminal {
 #[test]
 fn every_policy_ends_eos_terminated_sequences_without_gaps() {
     let device = Default::default();
-    B::seed(&device, 6);
-    let (tok, succ) = graph();
-    let cfg = BlockDiffusionConfig::new(tok.vocab().size())
-        .with_d_model(32)
-        .with_n_layers(1);
-    let model = cfg.init::<B>(&device);
+    let (tok, succ, cfg, model) = untrained(6);
     // Trips end at a fixed node within a horizon (the traj setting): PAD may then be committed
     // far right while positions to its left are still masked.
     let constraint = ToTerminal {

@@ -38,6 +38,13 @@ impl<'a> Oracle<'a> {
         }
     }
 
+    /// Whether `cell` would cost a query (its canonical id has not been queried yet).
+    pub fn is_new(&self, cell: &Cell) -> bool {
+        self.bench
+            .get(cell)
+            .is_some_and(|rec| !self.seen.contains_key(&rec.canonical))
+    }
+
     /// The reward the search sees for `cell`, paying one query if its canonical id is new;
     /// `None` when the cell is not in the table or the budget is spent.
     pub fn query(&mut self, cell: &Cell) -> Option<f64> {
@@ -125,6 +132,11 @@ pub struct SearchConfig {
     pub max_rounds: usize,
     /// RL: policy-gradient settings.
     pub pg: PolicyGradientConfig,
+    /// RL: subtracted from the reward of a cell queried in an earlier round, so a policy that
+    /// has found a good region keeps moving to unseen cells instead of re-sampling (for free)
+    /// the ones it knows. 0 = off.
+    #[serde(default)]
+    pub repeat_penalty: f64,
     /// Hand the search `−reward` (control run).
     pub invert: bool,
 }
@@ -146,6 +158,8 @@ impl Default for SearchConfig {
                 reward_decay: 0.97,
                 ..PolicyGradientConfig::default()
             },
+            // 57.5% vs 42.5% P(optimum)@200 over seeds 0–39 on nb201-analog (README).
+            repeat_penalty: 0.5,
             invert: false,
         }
     }
@@ -263,14 +277,15 @@ pub fn run(
                             rewards.push(None);
                             keep.push(true);
                         }
-                        Some(c) => match oracle.query(c) {
-                            Some(r) => {
-                                rewards.push(Some(r));
+                        Some(c) => match (oracle.is_new(c), oracle.query(c)) {
+                            (new, Some(r)) => {
+                                let penalty = if new { 0.0 } else { cfg.repeat_penalty };
+                                rewards.push(Some(r - penalty));
                                 keep.push(true);
                                 truth.push(if cfg.invert { -r } else { r });
                             }
                             // Budget spent on a new cell: no reward, not used for learning.
-                            None => {
+                            (_, None) => {
                                 rewards.push(None);
                                 keep.push(false);
                             }

@@ -113,7 +113,10 @@ fn oracle_pays_once_per_canonical_cell() {
         .expect("isomorphic cells exist");
     assert_ne!(pair.0, pair.1);
     let mut o = Oracle::new(&g, 10, false);
+    assert!(o.is_new(&pair.0) && o.is_new(&pair.1));
     let r0 = o.query(&pair.0).unwrap();
+    // Its isomorphic twin is no longer new: the RL repeat penalty applies to it.
+    assert!(!o.is_new(&pair.1));
     let r1 = o.query(&pair.1).unwrap();
     assert_eq!(o.queries(), 1);
     assert_eq!(r0, r1);

@@ -82,10 +82,6 @@ pub struct TrajModel<B: Backend> {
     pub workers: usize,
 }
 
-fn default_workers() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get())
-}
-
 /// File beside the checkpoint holding the fitted [`DetourBound`].
 pub const DETOUR_FILE: &str = "detour.json";
 
@@ -172,7 +168,7 @@ pub fn train_model(
             tokenizer: tok,
             seq_len,
             detour: Some(detour),
-            workers: default_workers(),
+            workers: blockdiff_core::cpu_cores(),
         },
         report,
     ))
@@ -214,7 +210,7 @@ pub fn load_model(dir: &Path, net: &RoadNetwork) -> Result<TrajModel<CpuBackend>
         tokenizer: tok,
         seq_len,
         detour,
-        workers: default_workers(),
+        workers: blockdiff_core::cpu_cores(),
     })
 }
 

@@ -157,7 +157,7 @@ impl DemoOptions {
                 temperature: 1.0,
                 ..SamplerConfig::default()
             },
-            batch: 16,
+            batch: 1,
         }
     }
 }
