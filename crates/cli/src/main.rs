@@ -106,6 +106,10 @@ enum BenchCommand {
         /// Traj: checkpoint folder.
         #[arg(long, default_value = "out/traj-demo/checkpoint")]
         checkpoint: PathBuf,
+        /// Traj: a checkpoint trained with the uniform-state kernel (`traj train --uniform`)
+        /// for the uniform policies.
+        #[arg(long)]
+        uniform_checkpoint: Option<PathBuf>,
         /// Traj: requests per policy (held-out requests, cycled).
         #[arg(short, long, default_value_t = 1000)]
         n: usize,
@@ -183,6 +187,7 @@ fn run(command: Command) -> Result<()> {
                     no_uniform,
                     data,
                     checkpoint,
+                    uniform_checkpoint,
                     n,
                     batch_size,
                     block,
@@ -200,6 +205,7 @@ fn run(command: Command) -> Result<()> {
                 SamplerTask::Traj => traj::sampler_bench(
                     &data,
                     &checkpoint,
+                    uniform_checkpoint.as_deref(),
                     &blockdiff_traj::sampler_bench::TrajSamplerBench {
                         n,
                         batch: batch_size,

@@ -6,6 +6,7 @@ use anyhow::{bail, Context, Result};
 use blockdiff_core::sample::{CommitPolicy, Corrector, SamplerConfig};
 use blockdiff_core::sampler_bench::SamplerBenchReport;
 use blockdiff_core::shard::Shard;
+use blockdiff_core::train::NoiseKernel;
 use blockdiff_traj::generate::{load_model, train_model, TrajModelConfig};
 use blockdiff_traj::hoser::{
     read_roadmap, read_trips, write_roadmap, write_trips, write_trips_from,
@@ -167,6 +168,10 @@ pub struct ModelArgs {
     /// Seed.
     #[arg(long, default_value_t = 42)]
     seed: u64,
+    /// Train with the uniform-state noise kernel instead of the absorbing one; sample the
+    /// checkpoint with `--policy uniform:STEPS[:K:ROUNDS]`.
+    #[arg(long)]
+    uniform: bool,
 }
 
 #[derive(Args, Clone)]
@@ -228,20 +233,32 @@ impl SamplerArgs {
 }
 
 /// `bench samplers --task traj`: every decoding policy on a trained checkpoint.
+/// The uniform-kernel policies run on `uniform_checkpoint` (`traj train --uniform`) when given.
 pub fn sampler_bench(
     data: &Path,
     checkpoint: &Path,
+    uniform_checkpoint: Option<&Path>,
     settings: &TrajSamplerBench,
 ) -> Result<SamplerBenchReport> {
     let net = read_roadmap(data)?;
     let val = load_trips(data, "val.csv", &net)?;
     let test = load_trips(data, "test.csv", &net)?;
     let model = load_model(checkpoint, &net)?;
+    let uniform = uniform_checkpoint
+        .map(|dir| load_model(dir, &net))
+        .transpose()?;
     eprintln!(
         "benchmarking decoding policies on {} trajectory requests...",
         settings.n
     );
-    Ok(run_traj_sampler_bench(&model, &net, &val, &test, settings)?)
+    Ok(run_traj_sampler_bench(
+        &model,
+        uniform.as_ref(),
+        &net,
+        &val,
+        &test,
+        settings,
+    )?)
 }
 
 fn default_osm() -> PathBuf {
@@ -361,6 +378,11 @@ pub fn run(cmd: TrajCommand) -> Result<()> {
                 steps: model.steps,
                 batch_size: model.batch,
                 seed: model.seed,
+                kernel: if model.uniform {
+                    NoiseKernel::Uniform
+                } else {
+                    NoiseKernel::Absorbing
+                },
                 ..TrajModelConfig::default()
             };
             let (_, report) = train_model(&net, &train, &val, &cfg, Some(&out))?;

@@ -10,7 +10,9 @@ use blockdiff_core::condition::{Conditioning, Example};
 use blockdiff_core::model::{BlockDiffusionConfig, BlockDiffusionModel};
 use blockdiff_core::sample::{sample_with_ids, SampleStats, SamplerConfig};
 use blockdiff_core::tokenizer::Tokenizer;
-use blockdiff_core::train::{train as core_train, CheckpointSpec, TrainConfig, TrainReport};
+use blockdiff_core::train::{
+    train as core_train, CheckpointSpec, NoiseKernel, TrainConfig, TrainReport,
+};
 use blockdiff_core::{CpuBackend, CpuTrainBackend};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -47,6 +49,10 @@ pub struct TrajModelConfig {
     pub seed: u64,
     /// Show a progress bar.
     pub progress: bool,
+    /// Forward noise kernel: absorbing (masked; every commit policy) or uniform-state (sample
+    /// with [`blockdiff_core::sample::CommitPolicy::Uniform`]).
+    #[serde(default)]
+    pub kernel: NoiseKernel,
 }
 
 impl Default for TrajModelConfig {
@@ -61,6 +67,7 @@ impl Default for TrajModelConfig {
             cond_drop_prob: 0.1,
             seed: 42,
             progress: true,
+            kernel: NoiseKernel::Absorbing,
         }
     }
 }
@@ -150,7 +157,8 @@ pub fn train_model(
         .with_cond_drop_prob(cfg.cond_drop_prob)
         .with_seed(cfg.seed)
         .with_progress(cfg.progress && std::env::var_os("CI").is_none())
-        .with_eval_block_size(16);
+        .with_eval_block_size(16)
+        .with_kernel(cfg.kernel);
     let spec = ckpt_dir.map(|dir| CheckpointSpec {
         dir,
         tokenizer: tok.metadata(),

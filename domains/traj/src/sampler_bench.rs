@@ -41,9 +41,12 @@ impl Default for TrajSamplerBench {
 }
 
 /// Runs every policy on `model` for `settings.n` requests of `test` (cycled) and scores the
-/// trips against those requests' real trips. `val` gives the real-vs-real noise floor.
+/// trips against those requests' real trips. `val` gives the real-vs-real noise floor. The
+/// uniform-kernel policies run on `uniform` (a model trained with the uniform-state kernel)
+/// when given.
 pub fn run_traj_sampler_bench(
     model: &TrajModel<CpuBackend>,
+    uniform: Option<&TrajModel<CpuBackend>>,
     net: &RoadNetwork,
     val: &[Trip],
     test: &[Trip],
@@ -68,7 +71,11 @@ pub fn run_traj_sampler_bench(
 
     let measure =
         |name: &str, family: &str, cfg: &SamplerConfig| -> Result<SamplerRun, TrajError> {
-            let g = model.generate(net, &requests, cfg, settings.batch, false)?;
+            let on = match (uniform, family) {
+                (Some(u), "uniform") => u,
+                _ => model,
+            };
+            let g = on.generate(net, &requests, cfg, settings.batch, false)?;
             let m = evaluate(net, &real, &requests, &g.routes, &mcfg)?;
             let calls = n.div_ceil(settings.batch.max(1)) as f64;
             tracing::info!(
@@ -100,7 +107,7 @@ pub fn run_traj_sampler_bench(
         };
     let ar_cfg = SamplerConfig::autoregressive(usize::MAX);
     let mut runs = vec![measure("ar", "ar", &ar_cfg)?];
-    for (name, family, cfg) in sampler_candidates(settings.block, false) {
+    for (name, family, cfg) in sampler_candidates(settings.block, uniform.is_some()) {
         let cfg = SamplerConfig {
             max_len: usize::MAX,
             stop_at_eos: true,
