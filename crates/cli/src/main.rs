@@ -194,14 +194,8 @@ fn run(command: Command) -> Result<()> {
                 },
         } => {
             let report = match task {
-                SamplerTask::Small | SamplerTask::Full => {
-                    let size = if matches!(task, SamplerTask::Small) {
-                        TaskSize::Small
-                    } else {
-                        TaskSize::Full
-                    };
-                    markov_samplers(size.task(), repeats, !no_uniform)?
-                }
+                SamplerTask::Small => markov_samplers(MarkovTask::small(), repeats, !no_uniform)?,
+                SamplerTask::Full => markov_samplers(MarkovTask::full(), repeats, !no_uniform)?,
                 SamplerTask::Traj => traj::sampler_bench(
                     &data,
                     &checkpoint,

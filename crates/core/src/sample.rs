@@ -973,7 +973,7 @@ pub(crate) fn commit_step(
     sample_index: usize,
 ) -> Result<Vec<usize>, SampleError> {
     let vocab = scratch.allowed.len();
-    let masked: Vec<usize> = (0..b).filter(|&p| seq[seq_off + p] == MASK).collect();
+    let masked = masked_in_block(seq, seq_off, b);
     if masked.is_empty() {
         return Ok(Vec::new());
     }
@@ -987,25 +987,28 @@ pub(crate) fn commit_step(
         scratch,
         sample_index,
     )?;
-    let order: Vec<usize> = match cfg.policy {
+    // Every rule but first-hitting commits the `count` most confident: those at or above a
+    // threshold, at least a floor (top-k: no threshold, floor k).
+    let (tau, floor) = match cfg.policy {
         CommitPolicy::FirstHitting => {
-            vec![scratch.rng.random_range(0..cands.len())]
+            let order = [scratch.rng.random_range(0..cands.len())];
+            return Ok(commit_in_order(
+                seq, seq_off, &cands, &order, constraint, vocab,
+            ));
         }
-        _ => {
-            let idx = by_confidence(&cands);
-            let passing = |tau: f32| idx.iter().filter(|&&j| cands[j].2 >= tau).count();
-            let count = match cfg.policy {
-                CommitPolicy::TopK { k } => k,
-                CommitPolicy::Threshold { tau } => passing(tau).max(1),
-                CommitPolicy::DynamicFallback { tau, k } => passing(tau).max(k),
-                _ => 1,
-            };
-            idx.into_iter().take(count).collect()
-        }
+        CommitPolicy::TopK { k } => (f32::INFINITY, k),
+        CommitPolicy::Threshold { tau } => (tau, 1),
+        CommitPolicy::DynamicFallback { tau, k } => (tau, k),
+        _ => (f32::INFINITY, 1),
     };
-    Ok(commit_in_order(
-        seq, seq_off, &cands, &order, constraint, vocab,
+    Ok(commit_confident(
+        seq, seq_off, &cands, tau, floor, constraint, vocab,
     ))
+}
+
+/// The still-masked positions of the block `seq[seq_off..seq_off + b]`.
+pub(crate) fn masked_in_block(seq: &[u32], seq_off: usize, b: usize) -> Vec<usize> {
+    (0..b).filter(|&p| seq[seq_off + p] == MASK).collect()
 }
 
 /// A proposal: block position, token, confidence.
@@ -1065,18 +1068,24 @@ pub(crate) fn by_confidence(cands: &[Candidate]) -> Vec<usize> {
     idx
 }
 
-/// The threshold rule: commits every candidate with confidence `≥ tau`, and at least the most
-/// confident one, most confident first.
+/// The confidence rule: commits every candidate with confidence `≥ tau`, and at least the
+/// `floor` most confident ones (threshold: floor 1; SDAR's dynamic fallback: floor k; top-k:
+/// `tau = ∞`), most confident first.
 pub(crate) fn commit_confident(
     seq: &mut [u32],
     seq_off: usize,
     cands: &[Candidate],
     tau: f32,
+    floor: usize,
     constraint: &dyn Constraint,
     vocab: usize,
 ) -> Vec<usize> {
     let idx = by_confidence(cands);
-    let count = idx.iter().filter(|&&j| cands[j].2 >= tau).count().max(1);
+    let count = idx
+        .iter()
+        .filter(|&&j| cands[j].2 >= tau)
+        .count()
+        .max(floor);
     commit_in_order(
         seq,
         seq_off,

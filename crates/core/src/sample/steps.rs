@@ -7,8 +7,8 @@ use rand::rngs::StdRng;
 use rand::Rng;
 
 use super::{
-    allowed_at, argmax, commit_confident, draw, fill_probs, propose, Candidate, SampleError,
-    SamplerConfig, SpecRouting, StepScratch,
+    allowed_at, argmax, commit_confident, draw, fill_probs, masked_in_block, propose, Candidate,
+    SampleError, SamplerConfig, SpecRouting, StepScratch,
 };
 use crate::constraint::Constraint;
 use crate::tokenizer::{BOS, MASK, PAD};
@@ -56,7 +56,7 @@ pub(super) fn draft(
     scratch: &mut StepScratch<'_>,
     sample_index: usize,
 ) -> Result<Draft, SampleError> {
-    let masked: Vec<usize> = (0..b).filter(|&p| seq[seq_off + p] == MASK).collect();
+    let masked = masked_in_block(seq, seq_off, b);
     let mut d = Draft {
         positions: Vec::new(),
         tokens: Vec::new(),
@@ -196,7 +196,7 @@ pub(super) fn commit_unverified(
     constraint: &dyn Constraint,
     vocab: usize,
 ) -> Vec<usize> {
-    commit_confident(seq, seq_off, &d.cands, d.tau, constraint, vocab)
+    commit_confident(seq, seq_off, &d.cands, d.tau, 1, constraint, vocab)
 }
 
 fn is_masked(seq: &[u32], q: usize) -> bool {
@@ -245,7 +245,7 @@ pub(super) fn deferred(
         sample_index,
     )?;
     let vocab = scratch.allowed.len();
-    let committed = commit_confident(seq, seq_off, &cands, tau, constraint, vocab);
+    let committed = commit_confident(seq, seq_off, &cands, tau, 1, constraint, vocab);
     // Slide: the window again holds `window` masks, starting at the new leftmost mask.
     let l2 = (l..limit).find(|&q| is_masked(seq, q)).unwrap_or(limit);
     let remaining = (l2..r).filter(|&q| is_masked(seq, q)).count();
