@@ -76,6 +76,8 @@ class TaskEnv:
     construction seed and on how many resets came before. So the variation is chosen here:
     - goals="mt1": one of the 50 fixed MT1 variations of `MT1(name, seed=0)` (the standard
       multi-task set), index `np.random.default_rng(reset_seed).integers(50)`;
+    - goals="mt1-cycle": the same 50 variations, index = episode number mod 50, so 50 episodes
+      cover every variation once (a random draw covers only about 32 of them);
     - goals="fresh": a new variation drawn from the task's own random reset space with
       `np.random.default_rng(reset_seed)` (MetaWorld's `seeded_rand_vec` path), i.e. goals
       not in the 50-variation set.
@@ -86,7 +88,7 @@ class TaskEnv:
         import gymnasium as gym
         import metaworld  # noqa: F401  (registers Meta-World/*)
 
-        if goals not in ("mt1", "fresh"):
+        if goals not in ("mt1", "mt1-cycle", "fresh"):
             raise ValueError(goals)
         self.name = name
         self.goals = goals
@@ -96,10 +98,13 @@ class TaskEnv:
         self.env.get_wrapper_attr("toggle_sample_tasks_on_reset")(False)
         self.variation: int = -1
 
-    def reset(self, reset_seed: int) -> np.ndarray:
+    def reset(self, reset_seed: int, episode: int = 0) -> np.ndarray:
         rng = np.random.default_rng(reset_seed)
-        if self.goals == "mt1":
-            self.variation = int(rng.integers(len(self.tasks)))
+        if self.goals in ("mt1", "mt1-cycle"):
+            if self.goals == "mt1":
+                self.variation = int(rng.integers(len(self.tasks)))
+            else:
+                self.variation = episode % len(self.tasks)
             self.inner.set_task(self.tasks[self.variation])
         else:
             self.variation = -1
@@ -147,8 +152,8 @@ def publish(tmp: str, out: str):
     os.replace(tmp, out)
 
 
-def record_episode(env: TaskEnv, policy, reset_seed: int, max_steps: int, extra_steps: int):
-    obs = env.reset(reset_seed)
+def record_episode(env: TaskEnv, policy, reset_seed: int, episode: int, max_steps: int, extra_steps: int):
+    obs = env.reset(reset_seed, episode)
     obs_l, act_l = [], []
     success_at = None
     for step in range(max_steps):
@@ -173,8 +178,9 @@ def main(argv=None):
     ap.add_argument("--max-steps", type=int, default=500)
     ap.add_argument("--extra-steps", type=int, default=10, help="steps kept after the first success")
     ap.add_argument("--keep-failed", action="store_true", help="keep episodes where the expert failed")
-    ap.add_argument("--goals", choices=["mt1", "fresh"], default="mt1",
-                    help="mt1: the 50 fixed MT1 variations (default); fresh: new seeded goals")
+    ap.add_argument("--goals", choices=["mt1-cycle", "mt1", "fresh"], default="mt1-cycle",
+                    help="mt1-cycle: episode e on MT1 variation e mod 50, so 50 episodes cover all 50 "
+                         "(default); mt1: a seeded random variation per episode; fresh: new seeded goals")
     ap.add_argument("--out", default="demos.safetensors")
     args = ap.parse_args(argv)
 
@@ -195,7 +201,7 @@ def main(argv=None):
         ok = kept = steps = 0
         for e in range(args.episodes):
             s = episode_seed(args.seed, t, e)
-            o, a, success = record_episode(env, policy, s, args.max_steps, args.extra_steps)
+            o, a, success = record_episode(env, policy, s, e, args.max_steps, args.extra_steps)
             ok += success
             if success or args.keep_failed:
                 obs_all.append(o)

@@ -7,7 +7,8 @@
 
 use burn::prelude::*;
 
-/// Keys and values of one layer, `[batch, heads, len, head_dim]`.
+/// Keys and values of one layer, position-major: `[batch, len, heads, head_dim]` (appending a
+/// block is then one contiguous copy per row).
 #[derive(Clone, Debug)]
 pub struct LayerKv<B: Backend> {
     /// Rotated keys.
@@ -20,14 +21,14 @@ impl<B: Backend> LayerKv<B> {
     /// Keeps positions `from..from + len` along the sequence axis.
     pub fn narrow(&self, from: usize, len: usize) -> Self {
         Self {
-            k: self.k.clone().narrow(2, from, len),
-            v: self.v.clone().narrow(2, from, len),
+            k: self.k.clone().narrow(1, from, len),
+            v: self.v.clone().narrow(1, from, len),
         }
     }
 
     /// Number of cached positions.
     pub fn len(&self) -> usize {
-        self.k.dims()[2]
+        self.k.dims()[1]
     }
 
     /// True when nothing is cached.
@@ -84,8 +85,8 @@ impl<B: Backend> KvCache<B> {
         }
         for (layer, kv) in self.layers.iter_mut().zip(new) {
             let part = kv.narrow(from, len);
-            layer.k = Tensor::cat(vec![layer.k.clone(), part.k], 2);
-            layer.v = Tensor::cat(vec![layer.v.clone(), part.v], 2);
+            layer.k = Tensor::cat(vec![layer.k.clone(), part.k], 1);
+            layer.v = Tensor::cat(vec![layer.v.clone(), part.v], 1);
         }
     }
 
@@ -103,8 +104,8 @@ impl<B: Backend> KvCache<B> {
                 *layer = tail;
             } else {
                 let head = layer.narrow(0, sink);
-                layer.k = Tensor::cat(vec![head.k, tail.k], 2);
-                layer.v = Tensor::cat(vec![head.v, tail.v], 2);
+                layer.k = Tensor::cat(vec![head.k, tail.k], 1);
+                layer.v = Tensor::cat(vec![head.v, tail.v], 1);
             }
         }
         self.start += drop;
@@ -130,8 +131,8 @@ fn repeat_batch<B: Backend>(t: Tensor<B, 4>, times: usize) -> Tensor<B, 4> {
     if times == 1 {
         return t;
     }
-    let [b, h, n, d] = t.dims();
+    let [b, n, h, d] = t.dims();
     t.unsqueeze_dim::<5>(1)
-        .expand([b, times, h, n, d])
-        .reshape([b * times, h, n, d])
+        .expand([b, times, n, h, d])
+        .reshape([b * times, n, h, d])
 }
