@@ -190,6 +190,10 @@ pub struct SamplerArgs {
     /// FlashBlock: reuse each layer's attention to the cache from a block's first call.
     #[arg(long)]
     flashblock: bool,
+    /// Call the model even for positions the road network leaves a single segment for (by
+    /// default they are committed without a call: most segments have one successor).
+    #[arg(long)]
+    no_forced: bool,
     /// Softmax temperature.
     #[arg(long, default_value_t = 1.0)]
     temperature: f32,
@@ -227,6 +231,7 @@ impl SamplerArgs {
             max_len: usize::MAX,
             flashblock: self.flashblock,
             corrector,
+            forced: !self.no_forced,
             ..SamplerConfig::default()
         })
     }

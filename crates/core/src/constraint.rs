@@ -27,6 +27,13 @@ pub trait Constraint: Send + Sync {
         self.restrict(seq, pos, &mut allowed);
         allowed[token as usize]
     }
+
+    /// Whether the constraint can ever leave a position a single allowed token (the sampler
+    /// then looks for such positions to commit without a model call). The default says yes;
+    /// answering no only skips that scan, it never changes what is allowed.
+    fn may_force(&self) -> bool {
+        true
+    }
 }
 
 /// No constraint at all.
@@ -35,6 +42,10 @@ pub struct Unconstrained;
 
 impl Constraint for Unconstrained {
     fn restrict(&self, _seq: &[u32], _pos: usize, _allowed: &mut [bool]) {}
+
+    fn may_force(&self) -> bool {
+        false
+    }
 }
 
 /// Consecutive regular tokens must follow the edges of a directed graph over the regular

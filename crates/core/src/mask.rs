@@ -76,12 +76,31 @@ pub fn append_mask_data(cached: usize, clean: usize, noisy: usize) -> Vec<bool> 
 /// block-causal among them (deferred decoding's look-ahead). Shape
 /// `[clean + blocks·b, cached + clean + blocks·b]`.
 pub fn append_blocks_mask_data(cached: usize, clean: usize, b: usize, blocks: usize) -> Vec<bool> {
+    append_segments_mask_data(cached, &[clean], b, blocks)
+}
+
+/// [`append_blocks_mask_data`] with the clean part made of consecutive `segments` (the prompt,
+/// then whole blocks that were finished without a call of their own), block-causal among
+/// them: a clean row sees the cache and the clean segments up to and including its own.
+pub fn append_segments_mask_data(
+    cached: usize,
+    segments: &[usize],
+    b: usize,
+    blocks: usize,
+) -> Vec<bool> {
+    let clean: usize = segments.iter().sum();
     let q = clean + blocks * b;
     let k = cached + q;
     let mut blocked = vec![false; q * k];
+    let mut segment_end = Vec::with_capacity(clean);
+    let mut end = 0;
+    for &len in segments {
+        end += len;
+        segment_end.extend(std::iter::repeat_n(end, len));
+    }
     for r in 0..q {
         let visible = if r < clean {
-            cached + clean
+            cached + segment_end[r]
         } else {
             cached + clean + ((r - clean) / b + 1) * b
         };

@@ -158,6 +158,18 @@ pub struct SamplerConfig {
     /// Corrector applied to complete blocks.
     #[serde(default)]
     pub corrector: Option<Corrector>,
+    /// Commit, without a model call, every masked position the constraint leaves exactly one
+    /// token for (the model would give it probability 1 after the logit mask anyway), and skip
+    /// a block's calls once nothing in it is left masked. Exact for AR mode; for the
+    /// confidence rules it only moves such commits earlier. Used by the top-k, threshold,
+    /// dynamic-fallback and first-hitting rules (on a road network most segments have one
+    /// successor).
+    #[serde(default = "default_true")]
+    pub forced: bool,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 impl Default for SamplerConfig {
@@ -174,6 +186,7 @@ impl Default for SamplerConfig {
             use_cache: true,
             flashblock: false,
             corrector: None,
+            forced: true,
         }
     }
 }
@@ -257,6 +270,9 @@ pub struct SampleStats {
     pub nfe: usize,
     /// Tokens committed by the model, summed over the batch (forced padding excluded).
     pub tokens: usize,
+    /// Of `tokens`, those committed without a model call because the constraint left them a
+    /// single choice ([`SamplerConfig::forced`]).
+    pub forced: usize,
     /// Sequences in the batch.
     pub batch: usize,
     /// Wall-clock seconds.
@@ -509,6 +525,7 @@ fn sample_inner<B: Backend, C: Condition>(
         cache: KvCache::new(),
         // Clean positions not yet in the cache, per row. Starts with the prompt.
         pending: Some(pending),
+        pending_spans: vec![prompt_len],
         cond_pending: true,
         flash: FlashBlockState::new(),
         use_flash: cfg.flashblock,
@@ -572,7 +589,31 @@ fn sample_inner<B: Backend, C: Condition>(
             let mut corrections_left = cfg
                 .corrector
                 .map_or(0, |Corrector::Arpc { rounds, .. }| rounds);
-            loop {
+            let forcing = cfg.forced
+                && constraint.may_force()
+                && matches!(
+                    cfg.policy,
+                    CommitPolicy::TopK { .. }
+                        | CommitPolicy::Threshold { .. }
+                        | CommitPolicy::DynamicFallback { .. }
+                        | CommitPolicy::FirstHitting
+                );
+            let at = BlockAt {
+                seq_off,
+                b,
+                prompt_len,
+            };
+            let skip_block = forcing
+                && force_all(
+                    &mut seqs,
+                    &done,
+                    at,
+                    constraint,
+                    &mut allowed,
+                    (0, &mut commit_steps),
+                    &mut stats,
+                )?;
+            while !skip_block {
                 // DCD: decode the next block in the same call once a window reaches into it.
                 let lookahead = has_next
                     && matches!(cfg.policy, CommitPolicy::Deferred { .. })
@@ -709,6 +750,19 @@ fn sample_inner<B: Backend, C: Condition>(
                         commit_steps[i][seq_off + p - prompt_len] = step_in_block;
                         stats.tokens += 1;
                     }
+                }
+                if forcing {
+                    force_all(
+                        &mut seqs,
+                        &done,
+                        at,
+                        constraint,
+                        &mut allowed,
+                        (step_in_block, &mut commit_steps),
+                        &mut stats,
+                    )?;
+                }
+                for i in (0..n).filter(|&i| !done[i]) {
                     any_masked |= seqs[i][seq_off..seq_off + b].contains(&MASK);
                 }
                 step_in_block += 1;
@@ -759,7 +813,22 @@ fn sample_inner<B: Backend, C: Condition>(
                 }
             }
         }
-        dec.pending = Some(row_blocks(&seqs, rows, seq_off, b));
+        // The block's clean rows enter the cache with the next call; a block finished without
+        // a call (all forced) queues behind the one before it.
+        let clean = row_blocks(&seqs, rows, seq_off, b);
+        match &mut dec.pending {
+            Some(queued) => {
+                queued
+                    .iter_mut()
+                    .zip(clean)
+                    .for_each(|(q, c)| q.extend_from_slice(&c));
+                dec.pending_spans.push(b);
+            }
+            None => {
+                dec.pending = Some(clean);
+                dec.pending_spans = vec![b];
+            }
+        }
     }
     stats.nfe = dec.nfe;
     let full_sequences: Vec<Vec<u32>> = seqs
@@ -826,6 +895,9 @@ struct Decoder<'a, B: Backend> {
     cond_drop: Option<Tensor<B, 1>>,
     cache: KvCache<B>,
     pending: Option<Vec<Vec<u32>>>,
+    /// Lengths of the segments queued in `pending` (the prompt, finished blocks): clean rows
+    /// attend block-causally across them.
+    pending_spans: Vec<usize>,
     cond_pending: bool,
     flash: FlashBlockState<B>,
     use_flash: bool,
@@ -853,9 +925,20 @@ impl<B: Backend> Decoder<'_, B> {
         let mut positions: Vec<usize> = (start - clean..start).collect();
         positions.extend(start..start + span);
         let ctx = clean + if with_cond { self.cond_len } else { 0 };
+        // The condition vectors come first, with the first segment (the prompt).
+        let mut segments = std::mem::take(&mut self.pending_spans);
+        if clean_rows.is_none() {
+            segments.clear();
+        }
+        if with_cond {
+            match segments.first_mut() {
+                Some(first) => *first += self.cond_len,
+                None => segments.push(self.cond_len),
+            }
+        }
         let mask_t = (ctx > 0 || span > b).then(|| {
             mask::MaskTable::new(
-                mask::append_blocks_mask_data(self.cache.len(), ctx, b, span / b),
+                mask::append_segments_mask_data(self.cache.len(), &segments, b, span / b),
                 ctx + span,
                 self.cache.len() + ctx + span,
             )
@@ -1004,6 +1087,74 @@ pub(crate) fn commit_step(
     Ok(commit_confident(
         seq, seq_off, &cands, tau, floor, constraint, vocab,
     ))
+}
+
+/// Where the current block sits in every request's sequence.
+#[derive(Clone, Copy)]
+struct BlockAt {
+    /// Index of the block in `seqs[i]`.
+    seq_off: usize,
+    b: usize,
+    prompt_len: usize,
+}
+
+/// [`commit_forced`] for every live request, recording the commits at `step`; returns true
+/// when no live request has a masked position left in the block (its calls can be skipped).
+fn force_all(
+    seqs: &mut [Vec<u32>],
+    done: &[bool],
+    at: BlockAt,
+    constraint: &dyn Constraint,
+    allowed: &mut [bool],
+    (step, commit_steps): (u32, &mut [Vec<u32>]),
+    stats: &mut SampleStats,
+) -> Result<bool, SampleError> {
+    let BlockAt {
+        seq_off,
+        b,
+        prompt_len,
+    } = at;
+    let mut complete = true;
+    for i in (0..seqs.len()).filter(|&i| !done[i]) {
+        for p in commit_forced(&mut seqs[i], seq_off, b, constraint, allowed, i)? {
+            commit_steps[i][seq_off + p - prompt_len] = step;
+            stats.tokens += 1;
+            stats.forced += 1;
+        }
+        complete &= !seqs[i][seq_off..seq_off + b].contains(&MASK);
+    }
+    Ok(complete)
+}
+
+/// Commits every masked position of the block whose allowed set is a single token, scanning
+/// until nothing changes (a commit can force its neighbours); returns the positions.
+pub(crate) fn commit_forced(
+    seq: &mut [u32],
+    seq_off: usize,
+    b: usize,
+    constraint: &dyn Constraint,
+    allowed: &mut [bool],
+    sample_index: usize,
+) -> Result<Vec<usize>, SampleError> {
+    let mut forced = Vec::new();
+    loop {
+        let before = forced.len();
+        for p in masked_in_block(seq, seq_off, b) {
+            allowed_at(seq, seq_off + p, constraint, allowed, sample_index)?;
+            let mut ids = allowed
+                .iter()
+                .enumerate()
+                .filter(|(_, &a)| a)
+                .map(|(t, _)| t);
+            if let (Some(t), None) = (ids.next(), ids.next()) {
+                seq[seq_off + p] = t as u32;
+                forced.push(p);
+            }
+        }
+        if forced.len() == before {
+            return Ok(forced);
+        }
+    }
 }
 
 /// The still-masked positions of the block `seq[seq_off..seq_off + b]`.

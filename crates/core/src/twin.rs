@@ -169,6 +169,8 @@ impl TwinSpec {
             use_cache: true,
             flashblock: false,
             corrector: None,
+            // The twin samples unconstrained: nothing is ever forced.
+            forced: false,
         }
     }
 }

@@ -135,3 +135,110 @@ fn sampler_without_cache_matches_sampler_with_cache() {
     assert_eq!(a.stats.nfe, b.stats.nfe);
     assert_eq!(a.stats.nfe, 3 * 2, "two steps per block, three blocks");
 }
+
+/// Forced commits (positions the constraint leaves one token for) skip model calls, and whole
+/// blocks finished that way queue their clean rows behind the prompt or the block before
+/// them: the cached sampler must still make exactly the reference's decisions, with a prompt
+/// and condition vectors, in AR mode and with blocks, and with fewer calls than without
+/// forcing.
+#[test]
+fn forced_commits_skip_calls_and_keep_the_cache_exact() {
+    use blockdiff_core::constraint::SuccessorConstraint;
+    use blockdiff_core::tokenizer::{SymbolTokenizer, Tokenizer};
+    let device = Default::default();
+    B::seed(&device, 5);
+    let tok = SymbolTokenizer::new(20);
+    // Long single-successor chains with a branch every fifth node (a road network's shape).
+    let succ: Vec<Vec<u32>> = (0..20u32)
+        .map(|i| {
+            if i % 5 == 4 {
+                vec![(i + 1) % 20, (i + 7) % 20]
+            } else {
+                vec![(i + 1) % 20]
+            }
+        })
+        .collect();
+    let constraint = SuccessorConstraint::new(tok.vocab(), succ, false);
+    let cfg = BlockDiffusionConfig::new(tok.vocab().size())
+        .with_d_model(32)
+        .with_n_layers(2)
+        .with_cond_dim(3)
+        .with_cond_len(2);
+    let model = cfg.init::<B>(&device);
+    let requests: Vec<Conditioning> = (0..3)
+        .map(|i| Conditioning {
+            prompt: vec![
+                tok.vocab().regular_id(i * 3),
+                tok.vocab().regular_id(i * 3 + 1),
+            ],
+            vectors: Some(
+                (0..6)
+                    .map(|k| ((i as usize + k) as f32 * 0.41).cos())
+                    .collect(),
+            ),
+        })
+        .collect();
+    for (block, policy) in [
+        (1, CommitPolicy::TopK { k: 1 }),
+        (4, CommitPolicy::Threshold { tau: 0.5 }),
+        (4, CommitPolicy::TopK { k: 1 }),
+    ] {
+        let mut scfg = SamplerConfig {
+            block_size: block,
+            policy,
+            max_len: 16,
+            stop_at_eos: false,
+            temperature: 0.0,
+            ..SamplerConfig::default()
+        };
+        // Every call's logits, to compare the cached path with the reference call by call.
+        let run = |scfg: &SamplerConfig| {
+            let mut logits: Vec<Vec<f32>> = Vec::new();
+            let out = sample_observed(
+                &model,
+                &cfg,
+                &requests,
+                &constraint,
+                scfg,
+                &device,
+                |view| logits.push(view.logits.to_vec()),
+            )
+            .unwrap();
+            (out, logits)
+        };
+        let (cached, cached_logits) = run(&scfg);
+        scfg.use_cache = false;
+        let (reference, reference_logits) = run(&scfg);
+        assert_eq!(cached_logits.len(), reference_logits.len());
+        let worst = cached_logits
+            .iter()
+            .flatten()
+            .zip(reference_logits.iter().flatten())
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        assert!(
+            worst <= 1e-4,
+            "block {block}: cache vs recompute max |Δ| = {worst}"
+        );
+        assert_eq!(cached.sequences, reference.sequences, "block {block}");
+        assert_eq!(cached.stats.nfe, reference.stats.nfe);
+        assert!(cached.stats.forced > 0, "block {block}: nothing forced");
+        for s in &cached.sequences {
+            assert_eq!(s.len(), 16);
+        }
+        scfg.use_cache = true;
+        scfg.forced = false;
+        let (unforced, _) = run(&scfg);
+        assert_eq!(unforced.stats.forced, 0);
+        assert!(
+            cached.stats.nfe < unforced.stats.nfe,
+            "block {block}: {} calls with forcing, {} without",
+            cached.stats.nfe,
+            unforced.stats.nfe
+        );
+        if block == 1 {
+            // AR mode: forcing is exact, so greedy decoding gives the same tokens.
+            assert_eq!(cached.sequences, unforced.sequences);
+        }
+    }
+}

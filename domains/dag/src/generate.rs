@@ -151,6 +151,10 @@ impl<B: Backend> DagModel<B> {
             temperature,
             max_len: self.seq_len(),
             seed,
+            // RL fine-tuning replays every commit as a policy action (`reward::replay_state`);
+            // forced commits without a call would enter that replay at a step the model did
+            // not take them, so the DAG sampler keeps one call per decision.
+            forced: false,
             ..SamplerConfig::default()
         }
     }

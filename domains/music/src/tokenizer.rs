@@ -176,6 +176,11 @@ impl Constraint for FrameSlotConstraint {
     fn is_allowed(&self, _seq: &[u32], pos: usize, token: u32, _vocab: usize) -> bool {
         self.slots[pos % self.frame_len].contains(&token)
     }
+
+    /// A slot allows a whole codebook, so nothing is forced: skip the sampler's scan.
+    fn may_force(&self) -> bool {
+        false
+    }
 }
 
 #[cfg(test)]

@@ -94,6 +94,11 @@ impl Constraint for ChunkConstraint {
             }
         }
     }
+
+    /// Every action token stays allowed: no position is ever down to one token.
+    fn may_force(&self) -> bool {
+        false
+    }
 }
 
 /// Which tokenizer to train.

@@ -106,7 +106,25 @@ pub fn run_traj_sampler_bench(
             })
         };
     let ar_cfg = SamplerConfig::autoregressive(usize::MAX);
+    // AR mode commits forced segments without a call, as every policy here does by default;
+    // the unforced runs show what forcing is worth (the speed-ups are against forced AR).
     let mut runs = vec![measure("ar", "ar", &ar_cfg)?];
+    let unforced = |cfg: SamplerConfig| SamplerConfig {
+        forced: false,
+        ..cfg
+    };
+    runs.push(measure("ar(unforced)", "ar", &unforced(ar_cfg.clone()))?);
+    let threshold = SamplerConfig {
+        block_size: settings.block,
+        policy: blockdiff_core::sample::CommitPolicy::Threshold { tau: 0.5 },
+        max_len: usize::MAX,
+        ..SamplerConfig::default()
+    };
+    runs.push(measure(
+        "threshold(0.5,unforced)",
+        "threshold",
+        &unforced(threshold),
+    )?);
     for (name, family, cfg) in sampler_candidates(settings.block, uniform.is_some()) {
         let cfg = SamplerConfig {
             max_len: usize::MAX,
