@@ -9,7 +9,7 @@ use blockdiff_core::checkpoint;
 use blockdiff_robot::client::{latency_bench, LatencyReport};
 use blockdiff_robot::data::Demos;
 use blockdiff_robot::policy::{
-    train, PolicyConfig, RobotPolicy, RobotSettings, TokenizerKind, SETTINGS_FILE,
+    train, DiffFeature, PolicyConfig, RobotPolicy, RobotSettings, TokenizerKind, SETTINGS_FILE,
 };
 use blockdiff_robot::server::{spawn, ServeConfig};
 use clap::{Args, Subcommand, ValueEnum};
@@ -58,15 +58,45 @@ pub struct TrainArgs {
     /// Seed.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Difference features appended to each observation: `MINUEND:SUBTRAHEND:LEN` (first
+    /// indices and length: `obs[m..m+len] − obs[s..s+len]`), repeatable, or `metaworld`
+    /// (goal − hand, object − hand, goal − object of MetaWorld's 39-d observation).
+    #[arg(long = "diff")]
+    diffs: Vec<String>,
+}
+
+/// Parses `--diff` values.
+fn diff_features(specs: &[String]) -> Result<Vec<DiffFeature>> {
+    let mut out = Vec::new();
+    for spec in specs {
+        if spec == "metaworld" {
+            out.extend(DiffFeature::metaworld());
+            continue;
+        }
+        let parts: Vec<&str> = spec.split(':').collect();
+        let [m, s, len] = parts[..] else {
+            bail!("--diff {spec:?}: expected MINUEND:SUBTRAHEND:LEN or metaworld");
+        };
+        let num = |v: &str, what: &str| {
+            v.parse::<usize>()
+                .with_context(|| format!("--diff {spec:?}: {what} {v:?} is not an index"))
+        };
+        out.push(DiffFeature {
+            minuend: num(m, "minuend")?,
+            subtrahend: num(s, "subtrahend")?,
+            len: num(len, "length")?,
+        });
+    }
+    Ok(out)
 }
 
 impl TrainArgs {
-    fn config(&self, act_dim: usize) -> PolicyConfig {
+    fn config(&self, act_dim: usize) -> Result<PolicyConfig> {
         let chunk = self.horizon * act_dim;
         let mut blocks = vec![1, self.block, chunk];
         blocks.sort_unstable();
         blocks.dedup();
-        PolicyConfig {
+        Ok(PolicyConfig {
             horizon: self.horizon,
             history: self.history,
             tokenizer: match self.tokenizer {
@@ -86,8 +116,9 @@ impl TrainArgs {
             lr: self.lr,
             seed: self.seed,
             block: self.block,
+            diff_features: diff_features(&self.diffs)?,
             ..PolicyConfig::default()
-        }
+        })
     }
 }
 
@@ -338,7 +369,7 @@ pub fn run(cmd: RobotCommand) -> Result<()> {
                 "bench": rows,
                 "episodes_per_task": episodes,
                 "eval_episodes_per_task": eval_episodes,
-                "train": t.config(d.act_dim),
+                "train": t.config(d.act_dim)?,
             });
             let path = out.join("results.json");
             checkpoint::write_json(&path, &results)?;
@@ -378,7 +409,7 @@ fn python_script(python: &str, script: &Path, args: &[&str]) -> Result<()> {
 }
 
 fn train_policy(d: &Demos, t: &TrainArgs, out: &Path) -> Result<()> {
-    let cfg = t.config(d.act_dim);
+    let cfg = t.config(d.act_dim)?;
     eprintln!(
         "training on {} successful episodes of {} tasks ({} steps)...",
         d.successful().count(),

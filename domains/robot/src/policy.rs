@@ -101,6 +101,33 @@ impl Constraint for ChunkConstraint {
     }
 }
 
+/// A derived observation feature: `obs[minuend..minuend + len] − obs[subtrahend..subtrahend +
+/// len]`, appended to the raw observation before normalisation (e.g. goal − hand: a policy
+/// that sees the offset it must close does not have to learn the subtraction from a handful
+/// of demonstrations per goal).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiffFeature {
+    /// First index of the minuend.
+    pub minuend: usize,
+    /// First index of the subtrahend.
+    pub subtrahend: usize,
+    /// Values in each.
+    pub len: usize,
+}
+
+impl DiffFeature {
+    /// MetaWorld's 39-d observation (hand xyz at 0, first object xyz at 4, goal xyz at 36):
+    /// goal − hand, object − hand, goal − object.
+    pub fn metaworld() -> Vec<Self> {
+        let d = |minuend, subtrahend| Self {
+            minuend,
+            subtrahend,
+            len: 3,
+        };
+        vec![d(36, 0), d(4, 0), d(36, 4)]
+    }
+}
+
 /// Which tokenizer to train.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -146,6 +173,9 @@ pub struct PolicyConfig {
     pub policy: CommitPolicy,
     /// Sampling temperature when serving (0 = greedy).
     pub temperature: f32,
+    /// Derived difference features appended to each observation row.
+    #[serde(default)]
+    pub diff_features: Vec<DiffFeature>,
 }
 
 impl Default for PolicyConfig {
@@ -169,6 +199,7 @@ impl Default for PolicyConfig {
             // confidence threshold rarely fires; a fixed count per call is the robust choice.
             policy: CommitPolicy::TopK { k: 4 },
             temperature: 0.0,
+            diff_features: Vec::new(),
         }
     }
 }
@@ -206,7 +237,18 @@ pub struct Observation {
 
 impl RobotSettings {
     fn cond_dim(&self) -> usize {
-        self.obs_dim + self.tasks.len()
+        self.feature_dim() + self.tasks.len()
+    }
+
+    /// Width of one observation row with its derived features.
+    fn feature_dim(&self) -> usize {
+        self.obs_dim
+            + self
+                .config
+                .diff_features
+                .iter()
+                .map(|f| f.len)
+                .sum::<usize>()
     }
 
     /// The condition vectors of an observation (normalised history rows, each with the task
@@ -232,11 +274,11 @@ impl RobotSettings {
                 self.tasks.len()
             )));
         }
-        let mut s = obs.state.clone();
-        self.obs_norm.apply(&mut s);
         let mut v = Vec::with_capacity(h * self.cond_dim());
-        for row in s.chunks_exact(self.obs_dim) {
-            v.extend_from_slice(row);
+        for raw in obs.state.chunks_exact(self.obs_dim) {
+            let mut row = with_features(raw, &self.config.diff_features);
+            self.obs_norm.apply(&mut row);
+            v.extend_from_slice(&row);
             v.extend((0..self.tasks.len()).map(|t| if t == obs.task { 1.0 } else { 0.0 }));
         }
         Ok(v)
@@ -257,6 +299,15 @@ impl RobotSettings {
             .with_cond_len(c.history)
             .with_max_len(c.history + self.seq_len)
     }
+}
+
+/// One raw observation row followed by its difference features.
+fn with_features(raw: &[f32], features: &[DiffFeature]) -> Vec<f32> {
+    let mut row = raw.to_vec();
+    for f in features {
+        row.extend((0..f.len).map(|i| raw[f.minuend + i] - raw[f.subtrahend + i]));
+    }
+    row
 }
 
 /// Builds the tokenizer, normaliser and training examples from demonstrations.
@@ -282,12 +333,23 @@ pub fn prepare(
                 .copied()
         })
         .collect();
+    if let Some(f) = cfg
+        .diff_features
+        .iter()
+        .find(|f| f.len == 0 || f.minuend.max(f.subtrahend) + f.len > demos.obs_dim)
+    {
+        return Err(RobotError::Config(format!(
+            "difference feature {f:?} is empty or reaches past the {}-value observation",
+            demos.obs_dim
+        )));
+    }
     let obs: Vec<f32> = rows
         .iter()
-        .flat_map(|&r| demos.obs_row(r).iter().copied())
+        .flat_map(|&r| with_features(demos.obs_row(r), &cfg.diff_features))
         .collect();
     let stats = ActionStats::fit(&acts, demos.act_dim)?;
-    let obs_norm = ObsNormalizer::fit(&obs, demos.obs_dim);
+    let feature_dim = demos.obs_dim + cfg.diff_features.iter().map(|f| f.len).sum::<usize>();
+    let obs_norm = ObsNormalizer::fit(&obs, feature_dim);
     // (episode, row) of every training chunk, and the chunks themselves.
     let (index, chunks): (Vec<(usize, usize)>, Vec<ActionChunk>) = episodes
         .iter()

@@ -462,3 +462,54 @@ fn deadline_passed_is_an_error_reply() {
         });
     handle.stop();
 }
+
+#[test]
+fn difference_features_extend_the_condition_and_bad_ranges_are_config_errors() {
+    use blockdiff_robot::policy::{prepare, DiffFeature};
+    let demos = synthetic_demos(8, 12, 3);
+    let cfg = PolicyConfig {
+        diff_features: vec![DiffFeature {
+            minuend: 0,
+            subtrahend: 1,
+            len: 1,
+        }],
+        ..tiny_config(1)
+    };
+    let (settings, train_set, _) = prepare(&demos, &cfg).unwrap();
+    assert!(!train_set.is_empty());
+    // Raw (x, y, noise), then x − y, then the task one-hot; normalised by statistics fitted on
+    // the same augmented rows.
+    let obs = Observation {
+        state: vec![0.25, -0.5, 0.0],
+        task: 1,
+    };
+    let v = settings.condition(&obs).unwrap();
+    assert_eq!(v.len(), OBS + 1 + 2);
+    let n = &settings.obs_norm;
+    assert_eq!(n.mean.len(), OBS + 1);
+    let expect = ((0.25 - -0.5) - n.mean[OBS]) / n.std[OBS];
+    assert!((v[OBS] - expect).abs() < 1e-5, "{} vs {expect}", v[OBS]);
+    assert_eq!(&v[OBS + 1..], &[0.0, 1.0]);
+
+    for bad in [
+        DiffFeature {
+            minuend: 2,
+            subtrahend: 0,
+            len: 2,
+        },
+        DiffFeature {
+            minuend: 0,
+            subtrahend: 1,
+            len: 0,
+        },
+    ] {
+        let cfg = PolicyConfig {
+            diff_features: vec![bad],
+            ..tiny_config(1)
+        };
+        match prepare(&demos, &cfg) {
+            Err(RobotError::Config(m)) => assert!(m.contains("difference feature"), "{m}"),
+            other => panic!("expected a config error, got {:?}", other.map(|_| ())),
+        }
+    }
+}
