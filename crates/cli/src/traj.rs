@@ -181,6 +181,7 @@ pub struct SamplerArgs {
     block: usize,
     /// Commit policy: `threshold:TAU`, `topk:K`, `dynamic:TAU:K`, `first-hitting`, `s2d2`
     /// (always verify), `s2d2:static:COST:TAU`, `s2d2:dynamic:COST:TAU`,
+    /// `s2d2:hysteresis:COST:ON:OFF:TAU`,
     /// `dcd:TAU:WINDOW:MAX_WINDOW`, `uniform:STEPS[:K:ROUNDS]` (uniform-kernel checkpoints).
     #[arg(long, default_value = "threshold:0.9")]
     policy: String,

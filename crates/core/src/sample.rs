@@ -110,6 +110,21 @@ pub enum SpecRouting {
         /// Threshold of the fallback rule.
         tau: f32,
     },
+    /// Score routing with hysteresis, per request and kept across blocks: with the static score
+    /// `s = E[K] − cost`, a request that is not verifying starts once `s ≥ on` and one that is
+    /// stops once `s < off` (`off ≤ on`). A score hovering near a single threshold would flip
+    /// verification on and off from step to step; the band keeps a run of confident (or of
+    /// uncertain) steps on one mode. Starts off. Unverified steps use the threshold rule `tau`.
+    Hysteresis {
+        /// Cost of a verification call in accepted tokens.
+        cost: f32,
+        /// Score at which verification switches on.
+        on: f32,
+        /// Score below which it switches off.
+        off: f32,
+        /// Threshold of the fallback rule.
+        tau: f32,
+    },
 }
 
 /// A corrector run when a block is complete, before it is finished.
@@ -227,11 +242,16 @@ impl SamplerConfig {
             | CommitPolicy::DynamicFallback { tau, .. }
             | CommitPolicy::Deferred { tau, .. }
             | CommitPolicy::Speculative {
-                routing: SpecRouting::Score { tau, .. },
+                routing: SpecRouting::Score { tau, .. } | SpecRouting::Hysteresis { tau, .. },
             } if !(tau > 0.0 && tau <= 1.0) => bad("policy tau must be in (0, 1]"),
             CommitPolicy::Speculative {
-                routing: SpecRouting::Score { cost, .. },
+                routing: SpecRouting::Score { cost, .. } | SpecRouting::Hysteresis { cost, .. },
             } if !(cost.is_finite() && cost >= 0.0) => bad("routing cost must be finite and >= 0"),
+            CommitPolicy::Speculative {
+                routing: SpecRouting::Hysteresis { on, off, .. },
+            } if !(on.is_finite() && off.is_finite() && off <= on) => {
+                bad("hysteresis needs finite on and off with off <= on")
+            }
             CommitPolicy::Deferred {
                 window, max_window, ..
             } if window == 0 || max_window < window => {
@@ -533,6 +553,8 @@ fn sample_inner<B: Backend, C: Condition>(
     };
     let mut allowed = vec![true; vocab];
     let mut probs = vec![0f32; vocab];
+    // S2D2 hysteresis routing: whether each request is verifying, kept across blocks.
+    let mut verifying = vec![false; n];
     // DCD window right edges (indices into `seqs[i]`), kept across blocks.
     let mut windows: Vec<Option<usize>> = vec![None; n];
     let logit_row = |logits: &[f32], i: usize, p: usize, span: usize| {
@@ -652,7 +674,7 @@ fn sample_inner<B: Backend, C: Condition>(
                                     |p| logit_row(&logits, i, p, b),
                                     constraint,
                                     cfg,
-                                    routing,
+                                    (routing, &mut verifying[i]),
                                     &mut scratch,
                                     i,
                                 )?)

@@ -166,6 +166,18 @@ pub fn sampler_candidates(
             }),
         ));
     }
+    v.push((
+        "s2d2(hysteresis,c=1,on=0.5,off=-0.5,τ=0.9)".into(),
+        "s2d2".into(),
+        with(CommitPolicy::Speculative {
+            routing: SpecRouting::Hysteresis {
+                cost: 1.0,
+                on: 0.5,
+                off: -0.5,
+                tau: 0.9,
+            },
+        }),
+    ));
     for tau in [0.9f32, 0.7] {
         v.push((
             format!("dcd(τ={tau},w={block})"),

@@ -75,6 +75,21 @@ fn variants() -> Vec<(CommitPolicy, Option<Corrector>, bool, bool)> {
             false,
         ),
         (
+            // E[K] of a constrained untrained draft is about 1–3 here, so the score crosses
+            // the band both ways and both modes run.
+            CommitPolicy::Speculative {
+                routing: SpecRouting::Hysteresis {
+                    cost: 1.0,
+                    on: 1.2,
+                    off: 0.9,
+                    tau: 0.05,
+                },
+            },
+            None,
+            false,
+            false,
+        ),
+        (
             CommitPolicy::Deferred {
                 tau: 0.05,
                 window: 6,
@@ -320,4 +335,31 @@ fn terminal_constraint_never_dead_ends_in_any_commit_order() {
             assert!(c.is_edge(a, b), "{seq:?}");
         }
     }
+}
+
+#[test]
+fn hysteresis_band_must_be_ordered() {
+    let (_, _, cfg, model) = untrained(1);
+    let scfg = SamplerConfig {
+        policy: CommitPolicy::Speculative {
+            routing: SpecRouting::Hysteresis {
+                cost: 1.0,
+                on: 0.2,
+                off: 0.5,
+                tau: 0.9,
+            },
+        },
+        ..SamplerConfig::default()
+    };
+    let reqs = vec![Conditioning::default()];
+    let err = sample(
+        &model,
+        &cfg,
+        &reqs,
+        &blockdiff_core::constraint::Unconstrained,
+        &scfg,
+        &Default::default(),
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("off <= on"), "{err}");
 }

@@ -52,7 +52,7 @@ pub(super) fn draft(
     row: impl Fn(usize) -> Vec<f32>,
     constraint: &dyn Constraint,
     cfg: &SamplerConfig,
-    routing: SpecRouting,
+    (routing, verifying): (SpecRouting, &mut bool),
     scratch: &mut StepScratch<'_>,
     sample_index: usize,
 ) -> Result<Draft, SampleError> {
@@ -87,17 +87,40 @@ pub(super) fn draft(
     for &p in &d.positions {
         seq[seq_off + p] = MASK;
     }
+    // S2D2's expected accepted length: `α_i = exp(−H_i / ln V)`, `E[K] = Σ_k Π_{i≤k} α_i`.
+    let expected_accepted = |probs: &[Vec<f32>], vocab: usize| {
+        let ln_v = (vocab as f32).ln().max(f32::MIN_POSITIVE);
+        let mut expected = 0f32;
+        let mut run = 1f32;
+        for p in probs {
+            let h: f32 = p.iter().filter(|&&x| x > 0.0).map(|&x| -x * x.ln()).sum();
+            run *= (-h / ln_v).exp();
+            expected += run;
+        }
+        expected
+    };
     match routing {
         SpecRouting::Always => d.verify = true,
-        SpecRouting::Score { cost, dynamic, tau } => {
-            let ln_v = (scratch.allowed.len() as f32).ln().max(f32::MIN_POSITIVE);
-            let mut expected = 0f32;
-            let mut run = 1f32;
-            for p in &d.probs {
-                let h: f32 = p.iter().filter(|&&x| x > 0.0).map(|&x| -x * x.ln()).sum();
-                run *= (-h / ln_v).exp();
-                expected += run;
+        SpecRouting::Hysteresis { cost, on, off, tau } => {
+            let score = expected_accepted(&d.probs, scratch.allowed.len()) - cost;
+            *verifying = score >= if *verifying { off } else { on };
+            d.verify = *verifying;
+            if !d.verify {
+                d.cands = propose(
+                    seq,
+                    seq_off,
+                    &masked,
+                    &row,
+                    constraint,
+                    cfg,
+                    scratch,
+                    sample_index,
+                )?;
             }
+            d.tau = tau;
+        }
+        SpecRouting::Score { cost, dynamic, tau } => {
+            let expected = expected_accepted(&d.probs, scratch.allowed.len());
             // Proposals over all masked positions only where they are used: the dynamic
             // rule counts them, and an unverified step commits from them.
             let mut proposals = || {

@@ -10,7 +10,8 @@ use crate::error::SampleError;
 
 /// The accepted forms, for error messages and `--help`.
 pub const POLICY_FORMS: &str = "threshold:TAU, topk:K, dynamic:TAU:K, first-hitting, \
-     s2d2 (= s2d2:always), s2d2:static:COST:TAU, s2d2:dynamic:COST:TAU, dcd:TAU:WINDOW:MAX_WINDOW, \
+     s2d2 (= s2d2:always), s2d2:static:COST:TAU, s2d2:dynamic:COST:TAU, \
+     s2d2:hysteresis:COST:ON:OFF:TAU, dcd:TAU:WINDOW:MAX_WINDOW, \
      uniform:STEPS[:CORRECTOR_K:ROUNDS]";
 
 /// The accepted corrector form.
@@ -44,6 +45,14 @@ impl FromStr for CommitPolicy {
                     cost: f(2, "COST")?,
                     dynamic: *mode == "dynamic",
                     tau: f(3, "TAU")?,
+                },
+            },
+            ["s2d2", "hysteresis", _, _, _, _] => CommitPolicy::Speculative {
+                routing: SpecRouting::Hysteresis {
+                    cost: f(2, "COST")?,
+                    on: f(3, "ON")?,
+                    off: f(4, "OFF")?,
+                    tau: f(5, "TAU")?,
                 },
             },
             ["dcd", _, _, _] => CommitPolicy::Deferred {
@@ -87,6 +96,9 @@ impl fmt::Display for CommitPolicy {
                 let mode = if *dynamic { "dynamic" } else { "static" };
                 write!(f, "s2d2:{mode}:{cost}:{tau}")
             }
+            CommitPolicy::Speculative {
+                routing: SpecRouting::Hysteresis { cost, on, off, tau },
+            } => write!(f, "s2d2:hysteresis:{cost}:{on}:{off}:{tau}"),
             CommitPolicy::Deferred {
                 tau,
                 window,
@@ -144,6 +156,7 @@ mod tests {
             "s2d2:always",
             "s2d2:static:1:0.9",
             "s2d2:dynamic:0.5:0.7",
+            "s2d2:hysteresis:1:0.5:-0.5:0.9",
             "dcd:0.9:8:16",
             "uniform:8:2:1",
         ] {
