@@ -177,8 +177,8 @@ pub struct SamplerConfig {
     /// token for (the model would give it probability 1 after the logit mask anyway), and skip
     /// a block's calls once nothing in it is left masked. Exact for AR mode; for the
     /// confidence rules it only moves such commits earlier. Used by the top-k, threshold,
-    /// dynamic-fallback and first-hitting rules (on a road network most segments have one
-    /// successor).
+    /// dynamic-fallback, first-hitting and S2D2 rules (on a road network most segments have
+    /// one successor).
     #[serde(default = "default_true")]
     pub forced: bool,
 }
@@ -619,6 +619,9 @@ fn sample_inner<B: Backend, C: Condition>(
                         | CommitPolicy::Threshold { .. }
                         | CommitPolicy::DynamicFallback { .. }
                         | CommitPolicy::FirstHitting
+                        // Exact for S2D2 too: a forced token has p = q = 1, so it would be
+                        // drafted and accepted with certainty.
+                        | CommitPolicy::Speculative { .. }
                 );
             let at = BlockAt {
                 seq_off,
