@@ -146,6 +146,13 @@ pub struct NodeArgs {
     /// Tokens committed per model call (default: the checkpoint's commit rule).
     #[arg(long)]
     per_step: Option<usize>,
+    /// Chunks sampled per observation and averaged value by value (default: the
+    /// checkpoint's, 1). Use with `--temperature` > 0.
+    #[arg(long)]
+    samples: Option<usize>,
+    /// Sampling temperature (default: the checkpoint's, 0 = greedy).
+    #[arg(long)]
+    temperature: Option<f32>,
 }
 
 impl NodeArgs {
@@ -262,7 +269,8 @@ pub fn run(cmd: RobotCommand) -> Result<()> {
             host,
             node,
         } => {
-            let policy = RobotPolicy::load(&checkpoint)?;
+            let policy =
+                RobotPolicy::load(&checkpoint)?.with_decoding(node.samples, node.temperature)?;
             let handle = spawn(policy, &format!("{host}:{port}"), node.config())?;
             eprintln!(
                 "policy node on ws://{} (GET /healthz for health)",

@@ -176,6 +176,16 @@ pub struct PolicyConfig {
     /// Derived difference features appended to each observation row.
     #[serde(default)]
     pub diff_features: Vec<DiffFeature>,
+    /// Chunks sampled per observation when serving, averaged value by value (1 = one chunk).
+    /// With a temperature above 0 the average estimates the mean action under the model
+    /// instead of the per-token mode: greedy bins snap small, uncertain actions to the most
+    /// common bin.
+    #[serde(default = "one")]
+    pub samples: usize,
+}
+
+fn one() -> usize {
+    1
 }
 
 impl Default for PolicyConfig {
@@ -200,6 +210,7 @@ impl Default for PolicyConfig {
             policy: CommitPolicy::TopK { k: 4 },
             temperature: 0.0,
             diff_features: Vec::new(),
+            samples: 1,
         }
     }
 }
@@ -518,6 +529,30 @@ impl RobotPolicy {
         Ok(Self::new(ck.model, ck.config, settings))
     }
 
+    /// Overrides the serving decoding: chunks averaged per observation and the sampling
+    /// temperature (`None` keeps the checkpoint's).
+    pub fn with_decoding(
+        mut self,
+        samples: Option<usize>,
+        temperature: Option<f32>,
+    ) -> Result<Self, RobotError> {
+        if let Some(k) = samples {
+            if k == 0 {
+                return Err(RobotError::Config("samples must be >= 1".into()));
+            }
+            self.settings.config.samples = k;
+        }
+        if let Some(t) = temperature {
+            if !(t >= 0.0 && t.is_finite()) {
+                return Err(RobotError::Config(format!(
+                    "temperature {t} must be finite and >= 0"
+                )));
+            }
+            self.settings.config.temperature = t;
+        }
+        Ok(self)
+    }
+
     /// Settings (tasks, dimensions, tokenizer).
     pub fn settings(&self) -> &RobotSettings {
         &self.settings
@@ -550,6 +585,7 @@ impl RobotPolicy {
         obs: &[Observation],
         sampler: &SamplerConfig,
     ) -> Result<(Vec<ActionChunk>, SampleStats), RobotError> {
+        let k = self.settings.config.samples.max(1);
         let conds: Vec<Conditioning> = obs
             .iter()
             .map(|o| {
@@ -558,7 +594,10 @@ impl RobotPolicy {
                     vectors: Some(self.settings.condition(o)?),
                 })
             })
-            .collect::<Result<_, RobotError>>()?;
+            .collect::<Result<Vec<_>, RobotError>>()?
+            .into_iter()
+            .flat_map(|c| std::iter::repeat_n(c, k))
+            .collect();
         let constraint = ChunkConstraint {
             allow_end: self.settings.tokenizer.variable_length(),
             regular_offset: blockdiff_core::tokenizer::NUM_CORE_SPECIALS,
@@ -571,7 +610,7 @@ impl RobotPolicy {
             sampler,
             &self.device,
         )?;
-        let chunks = out
+        let chunks: Vec<ActionChunk> = out
             .full_sequences
             .iter()
             .map(|s| {
@@ -580,6 +619,23 @@ impl RobotPolicy {
                     .decode(&s[..self.settings.seq_len.min(s.len())])
             })
             .collect::<Result<_, _>>()?;
-        Ok((chunks, out.stats))
+        if k == 1 {
+            return Ok((chunks, out.stats));
+        }
+        let averaged = chunks
+            .chunks(k)
+            .map(|group| {
+                let mut mean = group[0].clone();
+                for c in &group[1..] {
+                    mean.values
+                        .iter_mut()
+                        .zip(&c.values)
+                        .for_each(|(m, v)| *m += v);
+                }
+                mean.values.iter_mut().for_each(|m| *m /= k as f32);
+                mean
+            })
+            .collect();
+        Ok((averaged, out.stats))
     }
 }

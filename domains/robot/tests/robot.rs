@@ -513,3 +513,49 @@ fn difference_features_extend_the_condition_and_bad_ranges_are_config_errors() {
         }
     }
 }
+
+/// Averaged decoding keeps each observation's samples together: at temperature 0 every sample
+/// is the greedy chunk, so the average must equal greedy decoding observation by observation;
+/// at temperature 1 the average of 8 samples differs from greedy somewhere. Bad settings are
+/// config errors.
+#[test]
+fn averaged_samples_group_by_observation() {
+    let dir = tempfile::tempdir().unwrap();
+    let greedy = trained(dir.path(), 60);
+    let obs: Vec<Observation> = (0..3)
+        .map(|i| Observation {
+            state: vec![0.3 * i as f32 - 0.4, 0.5 - 0.2 * i as f32, 0.0],
+            task: i % 2,
+        })
+        .collect();
+    let sampler = greedy.sampler(None, None);
+    let (one, _) = greedy.act(&obs, &sampler).unwrap();
+    let averaged = RobotPolicy::load(dir.path())
+        .unwrap()
+        .with_decoding(Some(4), Some(0.0))
+        .unwrap();
+    let (avg, stats) = averaged.act(&obs, &averaged.sampler(None, None)).unwrap();
+    assert_eq!(stats.batch, 12, "4 samples for each of 3 observations");
+    assert_eq!(avg.len(), 3);
+    for (a, b) in avg.iter().zip(&one) {
+        for (x, y) in a.values.iter().zip(&b.values) {
+            assert!((x - y).abs() < 1e-6, "{x} vs {y}");
+        }
+    }
+    let warm = RobotPolicy::load(dir.path())
+        .unwrap()
+        .with_decoding(Some(8), Some(1.0))
+        .unwrap();
+    let (mean, _) = warm.act(&obs, &warm.sampler(None, None)).unwrap();
+    assert!(mean.iter().zip(&one).any(|(a, b)| a
+        .values
+        .iter()
+        .zip(&b.values)
+        .any(|(x, y)| (x - y).abs() > 1e-4)));
+    for (k, t) in [(Some(0), None), (None, Some(f32::NAN)), (None, Some(-1.0))] {
+        assert!(matches!(
+            RobotPolicy::load(dir.path()).unwrap().with_decoding(k, t),
+            Err(RobotError::Config(_))
+        ));
+    }
+}
