@@ -99,42 +99,33 @@ pub(super) fn draft(
         }
         expected
     };
+    let expected = expected_accepted(&d.probs, scratch.allowed.len());
+    // Proposals over all masked positions only where they are used: the dynamic rule counts
+    // them, and an unverified step commits from them.
+    let mut proposals = || {
+        propose(
+            seq,
+            seq_off,
+            &masked,
+            &row,
+            constraint,
+            cfg,
+            scratch,
+            sample_index,
+        )
+    };
     match routing {
         SpecRouting::Always => d.verify = true,
         SpecRouting::Hysteresis { cost, on, off, tau } => {
-            let score = expected_accepted(&d.probs, scratch.allowed.len()) - cost;
+            let score = expected - cost;
             *verifying = score >= if *verifying { off } else { on };
             d.verify = *verifying;
             if !d.verify {
-                d.cands = propose(
-                    seq,
-                    seq_off,
-                    &masked,
-                    &row,
-                    constraint,
-                    cfg,
-                    scratch,
-                    sample_index,
-                )?;
+                d.cands = proposals()?;
             }
             d.tau = tau;
         }
         SpecRouting::Score { cost, dynamic, tau } => {
-            let expected = expected_accepted(&d.probs, scratch.allowed.len());
-            // Proposals over all masked positions only where they are used: the dynamic
-            // rule counts them, and an unverified step commits from them.
-            let mut proposals = || {
-                propose(
-                    seq,
-                    seq_off,
-                    &masked,
-                    &row,
-                    constraint,
-                    cfg,
-                    scratch,
-                    sample_index,
-                )
-            };
             if dynamic {
                 d.cands = proposals()?;
                 let confident = d.cands.iter().filter(|c| c.2 >= tau).count();
