@@ -298,14 +298,23 @@ impl<B: Backend> Rope<B> {
     /// tables broadcast as one shared row. Narrowing the halves of the split heads and
     /// concatenating them back copied element by element through strided iterators instead
     /// (13% of a trajectory sampling run's instructions under callgrind).
-    fn apply(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+    ///
+    /// `x` holds the rows `first..first + n` of the positions the tables were built for.
+    fn apply(&self, x: Tensor<B, 3>, first: usize) -> Tensor<B, 3> {
         let [b, n, d] = x.dims();
         let rotated = x
             .clone()
             .reshape([b * n * d / self.head_dim, self.head_dim])
             .matmul(self.rotate.clone())
             .reshape([b, n * d]);
-        let out = x.reshape([b, n * d]) * self.cos.clone() + rotated * self.sin.clone();
+        let table = |t: &Tensor<B, 2>| {
+            if first == 0 && t.dims()[1] == n * d {
+                t.clone()
+            } else {
+                t.clone().narrow(1, first * d, n * d)
+            }
+        };
+        let out = x.reshape([b, n * d]) * table(&self.cos) + rotated * table(&self.sin);
         out.reshape([b, n, d])
     }
 }
@@ -419,6 +428,12 @@ impl<B: Backend> TransformerBlock<B> {
     /// `x`: `[batch, n, d]`. `past`: cached keys/values of earlier positions (already rotated).
     /// `bias`: `[1, n · (past + n)]` additive mask. Returns the output and this call's own
     /// (rotated) keys and values, which the caller may append to a cache.
+    ///
+    /// `rows = Some((first, len))` computes the output only for rows `first..first + len`
+    /// (keys and values still for every row): the last layer of a call whose caller reads
+    /// only those rows' logits (a sampling call's clean rows only feed the cache; training
+    /// scores only the `x_t` half).
+    #[allow(clippy::too_many_arguments)]
     fn forward(
         &self,
         x: Tensor<B, 3>,
@@ -427,18 +442,33 @@ impl<B: Backend> TransformerBlock<B> {
         past: Option<&LayerKv<B>>,
         bias: Option<Tensor<B, 2>>,
         flash: LayerFlash<'_, B>,
+        rows: Option<(usize, usize)>,
     ) -> (Tensor<B, 3>, LayerKv<B>) {
         let [batch, n, d] = x.dims();
         let dh = d / n_heads;
         let h = self.attn_norm.forward(x.clone());
+        let (first, nq) = rows.unwrap_or((0, n));
+        let (x, h_q, bias) = if rows.is_some() {
+            let nk = past.map_or(0, LayerKv::len) + n;
+            (
+                x.narrow(1, first, nq),
+                h.clone().narrow(1, first, nq),
+                bias.map(|b| b.narrow(1, first * nk, nq * nk)),
+            )
+        } else {
+            (x, h.clone(), bias)
+        };
         // Keys and values stay position-major (`[batch, n, heads, head_dim]`, the linear
         // layers' own layout): the cache appends and concatenates along positions with
         // contiguous copies, and attention reads the head-major view through strides (the
         // matmul takes strides as they are; flex's strided element copy is slow).
-        let heads = |t: Tensor<B, 3>| t.reshape([batch, n, n_heads, dh]);
+        let heads = |t: Tensor<B, 3>| {
+            let m = t.dims()[1];
+            t.reshape([batch, m, n_heads, dh])
+        };
         let head_major = |t: Tensor<B, 4>| t.swap_dims(1, 2);
-        let q = head_major(heads(rope.apply(self.wq.forward(h.clone()))));
-        let k = heads(rope.apply(self.wk.forward(h.clone())));
+        let q = head_major(heads(rope.apply(self.wq.forward(h_q), first)));
+        let k = heads(rope.apply(self.wk.forward(h.clone()), 0));
         let v = heads(self.wv.forward(h));
         let own = LayerKv {
             k: k.clone(),
@@ -465,7 +495,7 @@ impl<B: Backend> TransformerBlock<B> {
                 }
             }
         };
-        let a = a.swap_dims(1, 2).reshape([batch, n, d]);
+        let a = a.swap_dims(1, 2).reshape([batch, nq, d]);
         let x = x + self.wo.forward(a);
         let h = self.mlp_norm.forward(x.clone());
         let m = self
@@ -620,8 +650,7 @@ impl<B: Backend> BlockDiffusionModel<B> {
         from: usize,
         len: usize,
     ) -> (Tensor<B, 3>, Vec<LayerKv<B>>) {
-        let (h, kvs, n_cond) = self.hidden(input, cache);
-        let h = h.narrow(1, n_cond + from, len);
+        let (h, kvs, _) = self.hidden_with(input, cache, None, Some((from, len)));
         (self.head.forward(self.norm.forward(h)), kvs)
     }
 
@@ -637,7 +666,7 @@ impl<B: Backend> BlockDiffusionModel<B> {
         len: usize,
         state: &mut FlashBlockState<B>,
     ) -> (Tensor<B, 3>, Vec<LayerKv<B>>) {
-        let (h, kvs, n_cond) = self.hidden_with(input, cache, Some((len, state)));
+        let (h, kvs, n_cond) = self.hidden_with(input, cache, Some((len, state)), None);
         let h = h.narrow(1, n_cond + from, len);
         (self.head.forward(self.norm.forward(h)), kvs)
     }
@@ -647,7 +676,7 @@ impl<B: Backend> BlockDiffusionModel<B> {
         input: ForwardInput<B>,
         cache: Option<&KvCache<B>>,
     ) -> (Tensor<B, 3>, Vec<LayerKv<B>>, usize) {
-        self.hidden_with(input, cache, None)
+        self.hidden_with(input, cache, None, None)
     }
 
     fn hidden_with(
@@ -655,6 +684,7 @@ impl<B: Backend> BlockDiffusionModel<B> {
         input: ForwardInput<B>,
         cache: Option<&KvCache<B>>,
         mut flash: Option<(usize, &mut FlashBlockState<B>)>,
+        last_rows: Option<(usize, usize)>,
     ) -> (Tensor<B, 3>, Vec<LayerKv<B>>, usize) {
         let reuse = flash.as_ref().is_some_and(|(_, s)| s.is_recorded());
         let mut recorded = Vec::new();
@@ -691,7 +721,13 @@ impl<B: Backend> BlockDiffusionModel<B> {
                     out: &mut recorded,
                 },
             };
-            let (y, kv) = layer.forward(x, &rope, self.n_heads, past, bias.clone(), mode);
+            // The last layer computes only the rows the caller reads (token coordinates
+            // `last_rows`, shifted past the condition prefix); FlashBlock keeps whole calls.
+            let rows = (i + 1 == self.layers.len() && flash.is_none())
+                .then_some(last_rows)
+                .flatten()
+                .map(|(from, len)| (n_cond + from, len));
+            let (y, kv) = layer.forward(x, &rope, self.n_heads, past, bias.clone(), mode, rows);
             x = y;
             kvs.push(kv);
         }
