@@ -307,13 +307,7 @@ impl<B: Backend> Rope<B> {
             .reshape([b * n * d / self.head_dim, self.head_dim])
             .matmul(self.rotate.clone())
             .reshape([b, n * d]);
-        let table = |t: &Tensor<B, 2>| {
-            if first == 0 && t.dims()[1] == n * d {
-                t.clone()
-            } else {
-                t.clone().narrow(1, first * d, n * d)
-            }
-        };
+        let table = |t: &Tensor<B, 2>| t.clone().narrow(1, first * d, n * d);
         let out = x.reshape([b, n * d]) * table(&self.cos) + rotated * table(&self.sin);
         out.reshape([b, n, d])
     }
@@ -723,9 +717,8 @@ impl<B: Backend> BlockDiffusionModel<B> {
             };
             // The last layer computes only the rows the caller reads (token coordinates
             // `last_rows`, shifted past the condition prefix); FlashBlock keeps whole calls.
-            let rows = (i + 1 == self.layers.len() && flash.is_none())
-                .then_some(last_rows)
-                .flatten()
+            let rows = last_rows
+                .filter(|_| i + 1 == self.layers.len() && flash.is_none())
                 .map(|(from, len)| (n_cond + from, len));
             let (y, kv) = layer.forward(x, &rope, self.n_heads, past, bias.clone(), mode, rows);
             x = y;

@@ -838,22 +838,7 @@ fn sample_inner<B: Backend, C: Condition>(
                 }
             }
         }
-        // The block's clean rows enter the cache with the next call; a block finished without
-        // a call (all forced) queues behind the one before it.
-        let clean = row_blocks(&seqs, rows, seq_off, b);
-        match &mut dec.pending {
-            Some(queued) => {
-                queued
-                    .iter_mut()
-                    .zip(clean)
-                    .for_each(|(q, c)| q.extend_from_slice(&c));
-                dec.pending_spans.push(b);
-            }
-            None => {
-                dec.pending = Some(clean);
-                dec.pending_spans = vec![b];
-            }
-        }
+        dec.queue_clean(row_blocks(&seqs, rows, seq_off, b));
     }
     stats.nfe = dec.nfe;
     let full_sequences: Vec<Vec<u32>> = seqs
@@ -952,9 +937,6 @@ impl<B: Backend> Decoder<'_, B> {
         let ctx = clean + if with_cond { self.cond_len } else { 0 };
         // The condition vectors come first, with the first segment (the prompt).
         let mut segments = std::mem::take(&mut self.pending_spans);
-        if clean_rows.is_none() {
-            segments.clear();
-        }
         if with_cond {
             match segments.first_mut() {
                 Some(first) => *first += self.cond_len,
@@ -991,6 +973,20 @@ impl<B: Backend> Decoder<'_, B> {
             self.cond_pending = false;
         }
         to_vec(logits)
+    }
+
+    /// Queues a finished block's clean rows for the next call. A block finished without a call
+    /// (all forced) queues behind the one before it, as its own segment.
+    fn queue_clean(&mut self, clean: Vec<Vec<u32>>) {
+        let len = clean[0].len();
+        match &mut self.pending {
+            Some(queued) => queued
+                .iter_mut()
+                .zip(clean)
+                .for_each(|(q, c)| q.extend_from_slice(&c)),
+            None => self.pending = Some(clean),
+        }
+        self.pending_spans.push(len);
     }
 
     /// The reference call: recompute prompt ⊕ all generated ⊕ the current block.

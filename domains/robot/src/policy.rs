@@ -253,13 +253,7 @@ impl RobotSettings {
 
     /// Width of one observation row with its derived features.
     fn feature_dim(&self) -> usize {
-        self.obs_dim
-            + self
-                .config
-                .diff_features
-                .iter()
-                .map(|f| f.len)
-                .sum::<usize>()
+        feature_width(self.obs_dim, &self.config.diff_features)
     }
 
     /// The condition vectors of an observation (normalised history rows, each with the task
@@ -312,6 +306,11 @@ impl RobotSettings {
     }
 }
 
+/// Width of an observation row of `obs_dim` values with `features` appended.
+fn feature_width(obs_dim: usize, features: &[DiffFeature]) -> usize {
+    obs_dim + features.iter().map(|f| f.len).sum::<usize>()
+}
+
 /// One raw observation row followed by its difference features.
 fn with_features(raw: &[f32], features: &[DiffFeature]) -> Vec<f32> {
     let mut row = raw.to_vec();
@@ -359,8 +358,7 @@ pub fn prepare(
         .flat_map(|&r| with_features(demos.obs_row(r), &cfg.diff_features))
         .collect();
     let stats = ActionStats::fit(&acts, demos.act_dim)?;
-    let feature_dim = demos.obs_dim + cfg.diff_features.iter().map(|f| f.len).sum::<usize>();
-    let obs_norm = ObsNormalizer::fit(&obs, feature_dim);
+    let obs_norm = ObsNormalizer::fit(&obs, feature_width(demos.obs_dim, &cfg.diff_features));
     // (episode, row) of every training chunk, and the chunks themselves.
     let (index, chunks): (Vec<(usize, usize)>, Vec<ActionChunk>) = episodes
         .iter()

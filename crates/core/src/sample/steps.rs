@@ -99,7 +99,7 @@ pub(super) fn draft(
         }
         expected
     };
-    let expected = expected_accepted(&d.probs, scratch.allowed.len());
+    let vocab = scratch.allowed.len();
     // Proposals over all masked positions only where they are used: the dynamic rule counts
     // them, and an unverified step commits from them.
     let mut proposals = || {
@@ -117,7 +117,7 @@ pub(super) fn draft(
     match routing {
         SpecRouting::Always => d.verify = true,
         SpecRouting::Hysteresis { cost, on, off, tau } => {
-            let score = expected - cost;
+            let score = expected_accepted(&d.probs, vocab) - cost;
             *verifying = score >= if *verifying { off } else { on };
             d.verify = *verifying;
             if !d.verify {
@@ -126,6 +126,7 @@ pub(super) fn draft(
             d.tau = tau;
         }
         SpecRouting::Score { cost, dynamic, tau } => {
+            let expected = expected_accepted(&d.probs, vocab);
             if dynamic {
                 d.cands = proposals()?;
                 let confident = d.cands.iter().filter(|c| c.2 >= tau).count();
