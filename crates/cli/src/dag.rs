@@ -96,6 +96,10 @@ pub enum DagCommand {
         /// units; 0 = off).
         #[arg(long, default_value_t = 0.5)]
         repeat_penalty: f64,
+        /// RL: extra queries per round that are the policy's in-fills of the best cell so far
+        /// (one operation or the wiring re-drawn: model-guided local search; 0 = off).
+        #[arg(long, default_value_t = 0)]
+        infill: usize,
         /// Control run: the search is handed −reward.
         #[arg(long)]
         invert: bool,
@@ -179,6 +183,7 @@ pub fn run(cmd: DagCommand) -> Result<()> {
             temperature,
             freeze_layers,
             repeat_penalty,
+            infill,
             invert,
             json,
             plot,
@@ -203,6 +208,7 @@ pub fn run(cmd: DagCommand) -> Result<()> {
                 invert,
                 temperature,
                 repeat_penalty,
+                infill,
                 ..SearchConfig::default()
             };
             cfg.pg.epochs = epochs;

@@ -172,6 +172,9 @@ pub struct ModelArgs {
     /// checkpoint with `--policy uniform:STEPS[:K:ROUNDS]`.
     #[arg(long)]
     uniform: bool,
+    /// Leave out the feature head (output segments scored by their id's row alone).
+    #[arg(long)]
+    no_feature_head: bool,
 }
 
 #[derive(Args, Clone)]
@@ -389,6 +392,7 @@ pub fn run(cmd: TrajCommand) -> Result<()> {
                 } else {
                     NoiseKernel::Absorbing
                 },
+                feature_head: !model.no_feature_head,
                 ..TrajModelConfig::default()
             };
             let (_, report) = train_model(&net, &train, &val, &cfg, Some(&out))?;

@@ -48,6 +48,82 @@ impl Constraint for Unconstrained {
     }
 }
 
+/// In-filling on top of another constraint: positions with a template token keep only that
+/// token, and listed tokens are taken out at their positions (so an in-fill can be told to
+/// differ from the sequence it starts from). Where the template or an exclusion contradicts
+/// `inner` (it would leave nothing allowed), `inner`'s set stands: the sample stays valid and
+/// only the template gives way.
+#[derive(Clone, Debug)]
+pub struct TemplateConstraint<C> {
+    inner: C,
+    /// Position of template slot 0 in the full sequence (the prompt length).
+    offset: usize,
+    template: Vec<Option<u32>>,
+    exclude: Vec<(usize, u32)>,
+}
+
+impl<C: Constraint> TemplateConstraint<C> {
+    /// `template[i]` fixes position `offset + i` (`None`: free); `exclude` lists
+    /// `(template slot, token)` pairs that free slots must not take.
+    pub fn new(
+        inner: C,
+        offset: usize,
+        template: Vec<Option<u32>>,
+        exclude: Vec<(usize, u32)>,
+    ) -> Self {
+        Self {
+            inner,
+            offset,
+            template,
+            exclude,
+        }
+    }
+}
+
+impl<C: Constraint> Constraint for TemplateConstraint<C> {
+    fn restrict(&self, seq: &[u32], pos: usize, allowed: &mut [bool]) {
+        // `inner` sees the template as already committed, also in blocks not yet reached, so a
+        // free position is only given values that the template's later tokens can still
+        // follow (exact in any commit order).
+        let mut view = seq.to_vec();
+        let last = self.template.iter().rposition(Option::is_some);
+        if let Some(last) = last {
+            if self.offset + last >= view.len() {
+                view.resize(self.offset + last + 1, MASK);
+            }
+        }
+        for (i, t) in self.template.iter().enumerate() {
+            if let (Some(t), Some(v)) = (t, view.get_mut(self.offset + i)) {
+                if *v == MASK && self.offset + i != pos {
+                    *v = *t;
+                }
+            }
+        }
+        self.inner.restrict(&view, pos, allowed);
+        let Some(slot) = pos.checked_sub(self.offset) else {
+            return;
+        };
+        match self.template.get(slot).copied().flatten() {
+            Some(t) if allowed.get(t as usize) == Some(&true) => {
+                allowed.iter_mut().for_each(|a| *a = false);
+                allowed[t as usize] = true;
+            }
+            _ => {
+                let out: Vec<usize> = self
+                    .exclude
+                    .iter()
+                    .filter(|&&(s, t)| s == slot && allowed.get(t as usize) == Some(&true))
+                    .map(|&(_, t)| t as usize)
+                    .collect();
+                let left = allowed.iter().filter(|&&a| a).count();
+                if !out.is_empty() && out.len() < left {
+                    out.into_iter().for_each(|t| allowed[t] = false);
+                }
+            }
+        }
+    }
+}
+
 /// Consecutive regular tokens must follow the edges of a directed graph over the regular
 /// tokens (a road network's segment successors, a Markov support...).
 ///

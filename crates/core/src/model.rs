@@ -50,6 +50,13 @@ pub struct BlockDiffusionConfig {
     /// [`BlockDiffusionModel::with_token_features`].
     #[config(default = 0)]
     pub token_feature_dim: usize,
+    /// Also score every output token by its features: logits gain `(Q·h) · f_tokenᵀ` with a
+    /// learned `Q: d_model → token_feature_dim`. A candidate's logit then depends directly on
+    /// what it is (a road segment's position and bearing), so a preference such as "towards
+    /// the destination" generalises across tokens instead of being learned per output row.
+    /// Needs `token_feature_dim > 0` and a feature table.
+    #[config(default = false)]
+    pub feature_head: bool,
 }
 
 impl BlockDiffusionConfig {
@@ -87,6 +94,9 @@ impl BlockDiffusionConfig {
         if (self.cond_dim == 0) != (self.cond_len == 0) {
             return Err("cond_dim and cond_len must both be 0 or both be > 0".into());
         }
+        if self.feature_head && self.token_feature_dim == 0 {
+            return Err("feature_head needs token_feature_dim > 0".into());
+        }
         Ok(())
     }
 
@@ -122,6 +132,11 @@ impl BlockDiffusionConfig {
                 .init(device),
             cond,
             feature_proj,
+            feature_head: (self.feature_head && self.token_feature_dim > 0).then(|| {
+                LinearConfig::new(self.d_model, self.token_feature_dim)
+                    .with_bias(false)
+                    .init(device)
+            }),
             token_features: None,
             n_heads: self.n_heads,
             rope_theta: self.rope_theta,
@@ -553,6 +568,8 @@ pub struct BlockDiffusionModel<B: Backend> {
     head: Linear<B>,
     cond: Option<ConditionEncoder<B>>,
     feature_proj: Option<Linear<B>>,
+    /// `Q` of [`BlockDiffusionConfig::feature_head`].
+    feature_head: Option<Linear<B>>,
     /// Fixed per-token feature table `[vocab, token_feature_dim]` (not trained, but saved).
     token_features: Option<Param<Tensor<B, 2>>>,
     n_heads: usize,
@@ -607,6 +624,27 @@ impl<B: Backend> BlockDiffusionModel<B> {
         self.layers.len()
     }
 
+    /// Output logits of final hidden states `[batch, n, d_model]`: the head, plus the feature
+    /// score when the config has a feature head.
+    fn logits(&self, h: Tensor<B, 3>) -> Tensor<B, 3> {
+        let h = self.norm.forward(h);
+        let out = self.head.forward(h.clone());
+        match (&self.feature_head, &self.token_features) {
+            (Some(q), Some(table)) => {
+                let [b, n, _] = h.dims();
+                let f = table.val();
+                let [vocab, fd] = f.dims();
+                let score = q
+                    .forward(h)
+                    .reshape([b * n, fd])
+                    .matmul(f.transpose())
+                    .reshape([b, n, vocab]);
+                out + score
+            }
+            _ => out,
+        }
+    }
+
     /// Embeds the tokens (plus optional token features).
     fn embed(&self, tokens: Tensor<B, 2, Int>) -> Tensor<B, 3> {
         let mut x = self.embedding.forward(tokens.clone());
@@ -632,7 +670,7 @@ impl<B: Backend> BlockDiffusionModel<B> {
         let (h, kvs, n_cond) = self.hidden(input, cache);
         let total = h.dims()[1];
         let h = h.narrow(1, n_cond, total - n_cond);
-        (self.head.forward(self.norm.forward(h)), kvs)
+        (self.logits(h), kvs)
     }
 
     /// Like [`Self::forward`] but returns logits only for token positions `from..from + len`
@@ -645,7 +683,7 @@ impl<B: Backend> BlockDiffusionModel<B> {
         len: usize,
     ) -> (Tensor<B, 3>, Vec<LayerKv<B>>) {
         let (h, kvs, _) = self.hidden_with(input, cache, None, Some((from, len)));
-        (self.head.forward(self.norm.forward(h)), kvs)
+        (self.logits(h), kvs)
     }
 
     /// [`Self::forward_range`] with FlashBlock reuse for a sampling call whose last `len` token
@@ -662,7 +700,7 @@ impl<B: Backend> BlockDiffusionModel<B> {
     ) -> (Tensor<B, 3>, Vec<LayerKv<B>>) {
         let (h, kvs, n_cond) = self.hidden_with(input, cache, Some((len, state)), None);
         let h = h.narrow(1, n_cond + from, len);
-        (self.head.forward(self.norm.forward(h)), kvs)
+        (self.logits(h), kvs)
     }
 
     fn hidden(

@@ -95,6 +95,13 @@ pub struct TrainConfig {
     /// for preemptible or time-sliced jobs; a later call with `resume` continues exactly.
     #[config(default = 0)]
     pub stop_after: usize,
+    /// Draw each training batch from examples of similar length (a random anchor plus
+    /// companions among its `4 · batch_size` nearest neighbours in length order) and cut the
+    /// batch's trailing all-`PAD` blocks. Block-causal attention makes the cut exact for the
+    /// blocks kept: only the all-`PAD` blocks' own (near-zero) loss terms go, so variable-length
+    /// data (trips) trains on its real tokens instead of padding. No effect on fixed-length data.
+    #[config(default = true)]
+    pub length_buckets: bool,
 }
 
 impl TrainConfig {
@@ -145,8 +152,12 @@ pub struct TrainReport {
     pub final_train_loss: f64,
     /// `(step, validation NELBO per token at eval_block_size)`.
     pub val_nelbo: Vec<(usize, f64)>,
-    /// Training tokens (x_0 positions) per second.
+    /// Training tokens per second, counting every example as `seq_len` positions (the padded
+    /// frame; with `length_buckets` the cut PAD blocks count too, so runs compare by wall time).
     pub tokens_per_s: f64,
+    /// `x_0` positions actually computed per second (after cutting trailing PAD blocks).
+    #[serde(default)]
+    pub computed_tokens_per_s: f64,
 }
 
 /// A batch ready for the model: `context ⊕ x_t ⊕ x_0`.
@@ -154,6 +165,9 @@ pub struct NoisedBatch<B: Backend> {
     input: ForwardInput<B>,
     prompt_len: usize,
     seq_len: usize,
+    /// Positions the loss sum is divided by per example: `seq_len`, or the configured length
+    /// when trailing `PAD` blocks were cut, so the per-token scale matches the uncut batch.
+    loss_len: usize,
     targets: Tensor<B, 2, Int>,
     weights: Tensor<B, 2>,
     /// Uniform kernel: the leave-one-out → denoiser logit offset `[batch, L, vocab]`.
@@ -277,7 +291,12 @@ pub fn noised_batch<B: Backend>(
     device: &B::Device,
 ) -> NoisedBatch<B> {
     let n = examples.len();
-    let l = cfg.seq_len;
+    // Training cuts trailing blocks that are all PAD in every example (evaluation keeps the
+    // full frame, so reported NELBOs are the exact objective).
+    let l = match noise {
+        Noise::Training { .. } if cfg.length_buckets => trimmed_len(examples, cfg.seq_len, block),
+        _ => cfg.seq_len,
+    };
     let n_blocks = l / block;
     let rates = match (noise, &cfg.beta_curriculum) {
         (Noise::Training { progress }, Some(c)) => {
@@ -373,7 +392,41 @@ pub fn noised_batch<B: Backend>(
         batch.loo_bonus =
             Some(Tensor::<B, 1>::from_floats(dense.as_slice(), device).reshape([n, l, v]));
     }
+    batch.loss_len = cfg.seq_len;
     batch
+}
+
+/// The shortest multiple of `block` (at most `seq_len`) holding every example's tokens and
+/// its `EOS`: the blocks after it are all `PAD`.
+pub fn trimmed_len(examples: &[&Example], seq_len: usize, block: usize) -> usize {
+    let need = examples
+        .iter()
+        .map(|e| e.tokens.len() + 1)
+        .max()
+        .unwrap_or(1);
+    (need.div_ceil(block) * block).min(seq_len)
+}
+
+/// Indices of `train` sorted by token count (stable, so ties keep data order).
+fn length_order(train: &[Example]) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..train.len()).collect();
+    order.sort_by_key(|&i| train[i].tokens.len());
+    order
+}
+
+/// One training batch's example indices: `batch` uniform draws, or with `order` (indices in
+/// length order) a uniform anchor plus companions drawn from the `4 · batch` examples nearest
+/// to it in length, so the batch can be cut to its longest member ([`trimmed_len`]).
+fn draw_batch(n: usize, batch: usize, order: Option<&[usize]>, rng: &mut StdRng) -> Vec<usize> {
+    let Some(order) = order else {
+        return (0..batch).map(|_| rng.random_range(0..n)).collect();
+    };
+    let w = (4 * batch).min(n);
+    let anchor = rng.random_range(0..n);
+    let start = anchor.saturating_sub(w / 2).min(n - w);
+    let mut idx = vec![order[anchor]];
+    idx.extend((1..batch).map(|_| order[start + rng.random_range(0..w)]));
+    idx
 }
 
 /// Builds the `context ⊕ x_t ⊕ x_0` model input from explicit noisy states: `conditions[i]`
@@ -450,6 +503,7 @@ pub fn batch_from_states<B: Backend>(
         targets: Tensor::<B, 1, Int>::from_data(TensorData::new(targets, [n * l]), device)
             .reshape([n, l]),
         weights: Tensor::<B, 1>::from_floats(flat_w.as_slice(), device).reshape([n, l]),
+        loss_len: l,
         loo_bonus: None,
     }
 }
@@ -470,7 +524,7 @@ pub fn batch_loss<B: Backend>(
         .gather(2, batch.targets.unsqueeze_dim::<3>(2))
         .reshape([n, l])
         .neg();
-    (nll * batch.weights).sum() / (n * l) as f64
+    (nll * batch.weights).sum() / (n * batch.loss_len.max(l)) as f64
 }
 
 /// Mean loss over a data set with a fixed seed, always with the NELBO's `1/t` weighting: the NELBO per token at block size `block`
@@ -635,6 +689,13 @@ pub fn train<B: AutodiffBackend>(
         )
     };
     let mut last_step = first_step;
+    // Length order only matters when lengths differ.
+    let by_length = (cfg.length_buckets
+        && train
+            .iter()
+            .any(|e| e.tokens.len() != train[0].tokens.len()))
+    .then(|| length_order(train));
+    let mut positions_seen = 0usize;
     for step in first_step..cfg.steps {
         if cfg.stop_after > 0 && report.steps >= cfg.stop_after {
             break;
@@ -643,9 +704,17 @@ pub fn train<B: AutodiffBackend>(
         let mut rng =
             StdRng::seed_from_u64(cfg.seed.wrapping_mul(6364136223846793005) ^ step as u64);
         let block = sample_block_size(&cfg.block_sizes, &cfg.block_weights, &mut rng);
-        let refs: Vec<&Example> = (0..cfg.batch_size)
-            .map(|_| &train[rng.random_range(0..train.len())])
-            .collect();
+        let refs: Vec<&Example> =
+            draw_batch(train.len(), cfg.batch_size, by_length.as_deref(), &mut rng)
+                .into_iter()
+                .map(|i| &train[i])
+                .collect();
+        positions_seen += refs.len()
+            * if cfg.length_buckets {
+                trimmed_len(&refs, cfg.seq_len, block)
+            } else {
+                cfg.seq_len
+            };
         let batch = noised_batch::<B>(
             &refs,
             model_cfg,
@@ -695,6 +764,7 @@ pub fn train<B: AutodiffBackend>(
         recent.iter().sum::<f64>() / recent.len() as f64
     };
     report.tokens_per_s = (report.steps * cfg.batch_size * cfg.seq_len) as f64 / elapsed.max(1e-9);
+    report.computed_tokens_per_s = positions_seen as f64 / elapsed.max(1e-9);
     if !val.is_empty() {
         let v = validate(&model);
         report.val_nelbo.push((last_step, v));
@@ -705,4 +775,81 @@ pub fn train<B: AutodiffBackend>(
         checkpoint::save_resume(spec.dir, &model, &optim, last_step)?;
     }
     Ok((model, report))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::CpuBackend;
+
+    /// Cutting a batch's trailing all-PAD blocks leaves the logits of the blocks kept exactly
+    /// as in the full frame (block-causal attention: no block reads a later one).
+    #[test]
+    fn cut_padding_blocks_leave_kept_logits_exact() {
+        let device = Default::default();
+        let mcfg = BlockDiffusionConfig::new(20)
+            .with_d_model(16)
+            .with_n_layers(2)
+            .with_n_heads(2);
+        let model = mcfg.init::<CpuBackend>(&device);
+        let examples: Vec<Example> = [vec![5u32, 6, 7], vec![8, 9, 10, 11, 12]]
+            .into_iter()
+            .map(Example::tokens)
+            .collect();
+        let refs: Vec<&Example> = examples.iter().collect();
+        let block = 4;
+        assert_eq!(trimmed_len(&refs, 16, block), 8);
+        assert_eq!(trimmed_len(&refs, 6, block), 6);
+        let logits = |l: usize| {
+            let clean: Vec<Vec<u32>> = refs.iter().map(|e| frame(&e.tokens, l).unwrap()).collect();
+            // Every other position masked.
+            let states: Vec<Vec<u32>> = clean
+                .iter()
+                .map(|c| {
+                    c.iter()
+                        .enumerate()
+                        .map(|(j, &t)| if j % 2 == 0 { MASK } else { t })
+                        .collect()
+                })
+                .collect();
+            let weights = vec![vec![1.0; l]; 2];
+            let conds: Vec<&Conditioning> = refs.iter().map(|e| &e.condition).collect();
+            let b = batch_from_states::<CpuBackend>(
+                &conds,
+                &states,
+                &clean,
+                &weights,
+                &[false, false],
+                &mcfg,
+                block,
+                &device,
+            );
+            model.forward_range(b.input, None, b.prompt_len, l).0
+        };
+        let full = logits(16).narrow(1, 0, 8);
+        let cut = logits(8);
+        let diff: f32 = (full - cut).abs().max().into_scalar().elem();
+        assert!(diff <= 1e-5, "kept logits changed by {diff}");
+    }
+
+    /// Length-bucketed draws: the anchor is uniform and companions lie within the window of
+    /// `4 · batch` length-sorted neighbours, so a batch's lengths are close.
+    #[test]
+    fn length_buckets_draw_neighbours_in_length() {
+        let data: Vec<Example> = (0..400)
+            .map(|i| Example::tokens(vec![4; 1 + (i * 37) % 400]))
+            .collect();
+        let order = length_order(&data);
+        let mut rng = StdRng::seed_from_u64(3);
+        for _ in 0..200 {
+            let idx = draw_batch(data.len(), 8, Some(&order), &mut rng);
+            assert_eq!(idx.len(), 8);
+            let lens: Vec<usize> = idx.iter().map(|&i| data[i].tokens.len()).collect();
+            let spread = lens.iter().max().unwrap() - lens.iter().min().unwrap();
+            assert!(
+                spread < 32,
+                "lengths {lens:?} spread over more than the window"
+            );
+        }
+    }
 }

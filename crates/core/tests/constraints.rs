@@ -363,3 +363,69 @@ fn hysteresis_band_must_be_ordered() {
     .unwrap_err();
     assert!(err.to_string().contains("off <= on"), "{err}");
 }
+
+/// In-filling: template positions keep their tokens, free positions take neither an excluded
+/// token nor anything the inner successor constraint forbids, in every sample and policy.
+#[test]
+fn template_constraint_infills_valid_and_different_tokens() {
+    use blockdiff_core::constraint::TemplateConstraint;
+    let device = Default::default();
+    let (tok, succ, cfg, model) = untrained(6);
+    // A valid 12-step walk to start from.
+    let mut walk = vec![0usize];
+    for i in 1..12 {
+        let next = succ[walk[i - 1]][i % succ[walk[i - 1]].len()] as usize;
+        walk.push(next);
+    }
+    let ids = tok.encode(&walk).unwrap();
+    // Slot 3 ends block 0 while its successor's template token sits in block 1 (the template
+    // must constrain it before that block is reached); slots 9–11 leave room to differ.
+    let free = [3usize, 9, 10, 11];
+    let template: Vec<Option<u32>> = ids
+        .iter()
+        .enumerate()
+        .map(|(i, &t)| (!free.contains(&i)).then_some(t))
+        .collect();
+    let exclude = vec![(11usize, ids[11])];
+    let constraint = TemplateConstraint::new(
+        SuccessorConstraint::new(tok.vocab(), succ.clone(), false),
+        0,
+        template,
+        exclude,
+    );
+    let mut changed = 0;
+    for (pi, (policy, ..)) in variants().into_iter().take(4).enumerate() {
+        let scfg = SamplerConfig {
+            block_size: 4,
+            policy,
+            max_len: 12,
+            stop_at_eos: false,
+            seed: pi as u64,
+            ..SamplerConfig::default()
+        };
+        let out = sample(
+            &model,
+            &cfg,
+            &vec![Conditioning::default(); 50],
+            &constraint,
+            &scfg,
+            &device,
+        )
+        .expect("no dead end");
+        for s in &out.sequences {
+            let syms = tok.decode(s).expect("regular tokens");
+            for (i, &x) in syms.iter().enumerate() {
+                if !free.contains(&i) {
+                    assert_eq!(x, walk[i], "template position {i} changed");
+                }
+            }
+            assert_ne!(syms[11], walk[11], "excluded token at position 11");
+            for w in syms.windows(2) {
+                assert!(succ[w[0]].contains(&(w[1] as u32)), "{syms:?}");
+            }
+            changed += usize::from(syms[9] != walk[9] || syms[10] != walk[10]);
+        }
+    }
+    // The free positions really are free (not a copy of the template).
+    assert!(changed > 0);
+}

@@ -5,6 +5,7 @@ use std::path::Path;
 
 use blockdiff_core::checkpoint;
 use blockdiff_core::condition::{Conditioning, Example};
+use blockdiff_core::constraint::TemplateConstraint;
 use blockdiff_core::model::{BlockDiffusionConfig, BlockDiffusionModel};
 use blockdiff_core::sample::{sample, CommitPolicy, SampleOutput, SamplerConfig};
 use blockdiff_core::tokenizer::Tokenizer;
@@ -13,7 +14,7 @@ use blockdiff_core::CpuTrainBackend;
 use burn::prelude::*;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
-use rand::SeedableRng;
+use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
 use crate::bench::Benchmark;
@@ -186,6 +187,50 @@ pub fn sample_cells<B: Backend>(
         .map(|s| dag.tokenizer.decode(s).ok())
         .collect();
     Ok((cells, out))
+}
+
+/// Model-guided mutation: `elite` with one inner operation re-drawn from the generator
+/// (conditioned on the rest of the cell, and never the elite's own operation) or, in a space
+/// with several wirings and with probability 1/2, its wiring re-drawn. The diffusion model's
+/// in-filling used as evolution's mutation operator. `None` when the draw does not decode.
+#[allow(clippy::too_many_arguments)]
+pub fn infill_cell<B: Backend, R: Rng>(
+    model: &BlockDiffusionModel<B>,
+    dag: &DagModel<impl Backend>,
+    elite: &Cell,
+    seed: u64,
+    temperature: f32,
+    rng: &mut R,
+    device: &B::Device,
+) -> Result<Option<Cell>, DagError> {
+    let ids = dag
+        .tokenizer
+        .encode(elite)
+        .map_err(|e| DagError::Config(e.to_string()))?;
+    let ops = dag.tokenizer.op_slots();
+    let rewire = dag.tokenizer.space().structures.len() > 1 && rng.random_bool(0.5);
+    let (free, exclude) = if rewire || ops.is_empty() {
+        (dag.tokenizer.edge_slots(), Vec::new())
+    } else {
+        let p = ops[rng.random_range(0..ops.len())];
+        (vec![p], vec![(p, ids[p])])
+    };
+    let template = ids
+        .iter()
+        .enumerate()
+        .map(|(i, &t)| (!free.contains(&i)).then_some(t))
+        .collect();
+    let constraint =
+        TemplateConstraint::new(DagConstraint::new(&dag.tokenizer, 0), 0, template, exclude);
+    let out = sample(
+        model,
+        &dag.config,
+        &[Conditioning::default()],
+        &constraint,
+        &dag.sampler(seed, temperature),
+        device,
+    )?;
+    Ok(dag.tokenizer.decode(&out.sequences[0]).ok())
 }
 
 /// Pre-trains a generator on `cells` (writing a checkpoint into `dir` when given).

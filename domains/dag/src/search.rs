@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::bench::Benchmark;
 use crate::error::DagError;
-use crate::generate::{sample_cells, DagModel};
+use crate::generate::{infill_cell, sample_cells, DagModel};
 use crate::space::Cell;
 
 /// A benchmark behind a query budget. Repeated canonical ids are free.
@@ -137,6 +137,11 @@ pub struct SearchConfig {
     /// the ones it knows. 0 = off.
     #[serde(default)]
     pub repeat_penalty: f64,
+    /// RL: per round, this many extra queries are the generator's in-fills of the best cell
+    /// found so far ([`infill_cell`]: one operation or the wiring re-drawn by the current
+    /// policy), a model-guided local search beside the policy's own samples. 0 = off.
+    #[serde(default)]
+    pub infill: usize,
     /// Hand the search `−reward` (control run).
     pub invert: bool,
 }
@@ -160,6 +165,7 @@ impl Default for SearchConfig {
             },
             // 57.5% vs 42.5% P(optimum)@200 over seeds 0–39 on nb201-analog (README).
             repeat_penalty: 0.5,
+            infill: 0,
             invert: false,
         }
     }
@@ -253,6 +259,8 @@ pub fn run(
             };
             let mut trainer = PolicyGradientTrainer::new(dag.model.clone(), &dag.config, pg)?;
             let device = Default::default();
+            // Best cell by the search's own reward, the in-fills' starting point.
+            let mut elite: Option<(Cell, f64)> = None;
             for round in 0..cfg.max_rounds {
                 if oracle.exhausted() {
                     break;
@@ -279,6 +287,9 @@ pub fn run(
                         }
                         Some(c) => match (oracle.is_new(c), oracle.query(c)) {
                             (new, Some(r)) => {
+                                if elite.as_ref().is_none_or(|e| r > e.1) {
+                                    elite = Some((c.clone(), r));
+                                }
                                 let penalty = if new { 0.0 } else { cfg.repeat_penalty };
                                 rewards.push(Some(r - penalty));
                                 keep.push(true);
@@ -306,6 +317,27 @@ pub fn run(
                     .unzip();
                 let report = trainer.step(&ro, &rw, dag.settings.block, &device)?;
                 tracing::debug!(round, queries = oracle.queries(), ?report, "rl round");
+                // Local search: in-fills of the best cell by the updated policy. Queried (and
+                // so counted) but not trained on: their fixed positions are not the policy's.
+                let policy = trainer.policy();
+                for k in 0..cfg.infill {
+                    let Some((best, _)) = elite.clone() else {
+                        break;
+                    };
+                    if oracle.exhausted() {
+                        break;
+                    }
+                    let s = sample_seed ^ (k as u64 + 1).wrapping_mul(0xC2B2_AE3D);
+                    if let Some(c) =
+                        infill_cell(&policy, dag, &best, s, cfg.temperature, &mut rng, &device)?
+                    {
+                        if let Some(r) = oracle.query(&c) {
+                            if r > elite.as_ref().map_or(f64::NEG_INFINITY, |e| e.1) {
+                                elite = Some((c, r));
+                            }
+                        }
+                    }
+                }
             }
         }
     }

@@ -76,6 +76,21 @@ impl DagTokenizer {
         &self.slots
     }
 
+    /// Body positions of the inner nodes' operations (the slots a mutation changes).
+    pub fn op_slots(&self) -> Vec<usize> {
+        let n = self.space.n_nodes();
+        (0..self.slots.len())
+            .filter(|&p| matches!(self.slots[p], Slot::Op(i) if i > 0 && i < n - 1))
+            .collect()
+    }
+
+    /// Body positions of the edge bits (the wiring).
+    pub fn edge_slots(&self) -> Vec<usize> {
+        (0..self.slots.len())
+            .filter(|&p| matches!(self.slots[p], Slot::Edge { .. }))
+            .collect()
+    }
+
     /// Body length (tokens before `EOS`).
     pub fn body_len(&self) -> usize {
         self.slots.len()

@@ -53,6 +53,10 @@ pub struct TrajModelConfig {
     /// with [`blockdiff_core::sample::CommitPolicy::Uniform`]).
     #[serde(default)]
     pub kernel: NoiseKernel,
+    /// Score output segments by their features too (core `feature_head`): the model can
+    /// prefer successors by where they lead instead of learning each segment's row alone.
+    #[serde(default)]
+    pub feature_head: bool,
 }
 
 impl Default for TrajModelConfig {
@@ -68,6 +72,7 @@ impl Default for TrajModelConfig {
             seed: 42,
             progress: true,
             kernel: NoiseKernel::Absorbing,
+            feature_head: true,
         }
     }
 }
@@ -142,7 +147,8 @@ pub fn train_model(
         .with_n_layers(cfg.n_layers)
         .with_n_heads(cfg.n_heads)
         .with_max_len(PROMPT_LEN + seq_len)
-        .with_token_feature_dim(FEATURE_DIM);
+        .with_token_feature_dim(FEATURE_DIM)
+        .with_feature_head(cfg.feature_head);
     mcfg.validate().map_err(TrajError::Config)?;
     let device = Default::default();
     <CpuTrainBackend as Backend>::seed(&device, cfg.seed);
