@@ -109,6 +109,10 @@ pub enum TrajCommand {
         /// Output folder.
         #[arg(long)]
         out: PathBuf,
+        /// Also score the simulator's own re-drawn routes for the held-out requests (the
+        /// benchmark's noise floor); for data made by `traj simulate`/`demo` with default settings.
+        #[arg(long)]
+        simulator_floor: bool,
     },
     /// Speed and quality of decoding policies on a trained checkpoint: trips/s, tokens per
     /// forward and metrics for block decoding vs AR mode of the same weights (one run).
@@ -175,6 +179,10 @@ pub struct ModelArgs {
     /// Leave out the feature head (output segments scored by their id's row alone).
     #[arg(long)]
     no_feature_head: bool,
+    /// Leave out the destination features (each segment's hop and straight-line distance to
+    /// the trip's destination, given to the model per request).
+    #[arg(long)]
+    no_dest_features: bool,
 }
 
 #[derive(Args, Clone)]
@@ -289,7 +297,14 @@ fn print_table(report: &blockdiff_traj::pipeline::EvalReport) {
         ("blockdiff", &report.model),
         ("Markov chain", &report.markov),
         ("shortest path", &report.shortest_path),
-    ] {
+    ]
+    .into_iter()
+    .chain(
+        report
+            .simulator
+            .as_ref()
+            .map(|m| ("simulator (noise floor)", m)),
+    ) {
         println!(
             "| {name} | {:.4} | {:.4} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {} |",
             m.jsd_distance,
@@ -393,6 +408,7 @@ pub fn run(cmd: TrajCommand) -> Result<()> {
                     NoiseKernel::Absorbing
                 },
                 feature_head: !model.no_feature_head,
+                dest_features: !model.no_dest_features,
                 ..TrajModelConfig::default()
             };
             let (_, report) = train_model(&net, &train, &val, &cfg, Some(&out))?;
@@ -463,13 +479,23 @@ pub fn run(cmd: TrajCommand) -> Result<()> {
             data,
             generated,
             out,
+            simulator_floor,
         } => {
             let net = read_roadmap(&data)?;
             let train = load_trips(&data, "train.csv", &net)?;
             let test = load_trips(&data, "test.csv", &net)?;
             let gen = read_trips(&generated, net.len())?;
             let routes: Vec<Vec<usize>> = gen.into_iter().map(|t| t.route).collect();
-            let report = evaluate_all(&net, &train, &test, &routes, Some(&out.join("eval.png")))?;
+            let mut report =
+                evaluate_all(&net, &train, &test, &routes, Some(&out.join("eval.png")))?;
+            if simulator_floor {
+                report.simulator = Some(blockdiff_traj::pipeline::simulator_floor(
+                    &net,
+                    &blockdiff_traj::simulate::SimConfig::default(),
+                    &test,
+                    &requests_of(&test),
+                )?);
+            }
             blockdiff_traj::hoser::write_atomic(
                 &out.join("metrics.json"),
                 &serde_json::to_vec_pretty(&report)?,

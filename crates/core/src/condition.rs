@@ -1,5 +1,7 @@
 //! Conditioning: continuous prefix vectors and/or a token prompt.
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 
 /// What a sequence is conditioned on. Continuous vectors (robot observation, OD features, music
@@ -15,6 +17,10 @@ pub trait Condition {
     fn prompt(&self) -> &[u32] {
         &[]
     }
+    /// Per-request token features, `vocab × request_feature_dim` row-major, or `None`.
+    fn token_features(&self) -> Option<&[f32]> {
+        None
+    }
 }
 
 /// A plain condition value.
@@ -24,6 +30,11 @@ pub struct Conditioning {
     pub prompt: Vec<u32>,
     /// Continuous condition vectors, `cond_len × cond_dim` row-major.
     pub vectors: Option<Vec<f32>>,
+    /// Per-request token features (`vocab × request_feature_dim`, row-major), shared between
+    /// requests that ask the same thing (e.g. trips to one destination). Not serialised: the
+    /// domain recomputes it from the request.
+    #[serde(skip)]
+    pub token_features: Option<Arc<Vec<f32>>>,
 }
 
 impl Condition for Conditioning {
@@ -32,6 +43,9 @@ impl Condition for Conditioning {
     }
     fn prompt(&self) -> &[u32] {
         &self.prompt
+    }
+    fn token_features(&self) -> Option<&[f32]> {
+        self.token_features.as_deref().map(Vec::as_slice)
     }
 }
 

@@ -57,6 +57,15 @@ pub struct BlockDiffusionConfig {
     /// Needs `token_feature_dim > 0` and a feature table.
     #[config(default = false)]
     pub feature_head: bool,
+    /// Width of per-request token features (0 = off): each request may carry a
+    /// `[vocab, request_feature_dim]` table that depends on what is asked (a road segment's
+    /// hop and straight-line distance to the trip's destination). It is projected into the
+    /// embedding of the tokens read, like the fixed table, and scores every output token
+    /// through a learned `d_model → request_feature_dim` map, so candidates are ranked by
+    /// where they stand relative to the request. Null (zero) rows when the condition is
+    /// dropped, so classifier-free guidance still has an unconditional model.
+    #[config(default = 0)]
+    pub request_feature_dim: usize,
 }
 
 impl BlockDiffusionConfig {
@@ -134,6 +143,16 @@ impl BlockDiffusionConfig {
             feature_proj,
             feature_head: (self.feature_head && self.token_feature_dim > 0).then(|| {
                 LinearConfig::new(self.d_model, self.token_feature_dim)
+                    .with_bias(false)
+                    .init(device)
+            }),
+            request_proj: (self.request_feature_dim > 0).then(|| {
+                LinearConfig::new(self.request_feature_dim, self.d_model)
+                    .with_bias(false)
+                    .init(device)
+            }),
+            request_head: (self.request_feature_dim > 0).then(|| {
+                LinearConfig::new(self.d_model, self.request_feature_dim)
                     .with_bias(false)
                     .init(device)
             }),
@@ -570,6 +589,10 @@ pub struct BlockDiffusionModel<B: Backend> {
     feature_proj: Option<Linear<B>>,
     /// `Q` of [`BlockDiffusionConfig::feature_head`].
     feature_head: Option<Linear<B>>,
+    /// Input projection of [`BlockDiffusionConfig::request_feature_dim`] features.
+    request_proj: Option<Linear<B>>,
+    /// Output map of the request features.
+    request_head: Option<Linear<B>>,
     /// Fixed per-token feature table `[vocab, token_feature_dim]` (not trained, but saved).
     token_features: Option<Param<Tensor<B, 2>>>,
     n_heads: usize,
@@ -590,6 +613,9 @@ pub struct ForwardInput<B: Backend> {
     /// Which `[cached ⊕ cond ⊕ tokens]` keys each `[cond ⊕ tokens]` query may not see: a
     /// `[q, k]` row-major table, true = blocked (see [`crate::mask`]). `None` = see everything.
     pub mask: Option<crate::mask::MaskTable>,
+    /// Per-request token features `[batch, vocab, request_feature_dim]` (see
+    /// [`BlockDiffusionConfig::request_feature_dim`]); `None` with a model that has none.
+    pub request_features: Option<Tensor<B, 3>>,
 }
 
 impl<B: Backend> BlockDiffusionModel<B> {
@@ -626,9 +652,13 @@ impl<B: Backend> BlockDiffusionModel<B> {
 
     /// Output logits of final hidden states `[batch, n, d_model]`: the head, plus the feature
     /// score when the config has a feature head.
-    fn logits(&self, h: Tensor<B, 3>) -> Tensor<B, 3> {
+    fn logits(&self, h: Tensor<B, 3>, request: Option<Tensor<B, 3>>) -> Tensor<B, 3> {
         let h = self.norm.forward(h);
-        let out = self.head.forward(h.clone());
+        let mut out = self.head.forward(h.clone());
+        if let (Some(q), Some(f)) = (&self.request_head, request) {
+            // [b, n, k] · [b, k, vocab]
+            out = out + q.forward(h.clone()).matmul(f.transpose());
+        }
         match (&self.feature_head, &self.token_features) {
             (Some(q), Some(table)) => {
                 let [b, n, _] = h.dims();
@@ -645,9 +675,15 @@ impl<B: Backend> BlockDiffusionModel<B> {
         }
     }
 
-    /// Embeds the tokens (plus optional token features).
-    fn embed(&self, tokens: Tensor<B, 2, Int>) -> Tensor<B, 3> {
+    /// Embeds the tokens (plus optional fixed and per-request token features).
+    fn embed(&self, tokens: Tensor<B, 2, Int>, request: Option<Tensor<B, 3>>) -> Tensor<B, 3> {
         let mut x = self.embedding.forward(tokens.clone());
+        if let (Some(proj), Some(f)) = (&self.request_proj, request) {
+            let [batch, n] = tokens.dims();
+            let k = f.dims()[2];
+            let idx = tokens.clone().reshape([batch, n, 1]).repeat_dim(2, k);
+            x = x + proj.forward(f.gather(1, idx));
+        }
         if let (Some(proj), Some(table)) = (&self.feature_proj, &self.token_features) {
             let [batch, n] = tokens.dims();
             let ids = tokens.reshape([batch * n]);
@@ -667,10 +703,11 @@ impl<B: Backend> BlockDiffusionModel<B> {
         input: ForwardInput<B>,
         cache: Option<&KvCache<B>>,
     ) -> (Tensor<B, 3>, Vec<LayerKv<B>>) {
+        let req = input.request_features.clone();
         let (h, kvs, n_cond) = self.hidden(input, cache);
         let total = h.dims()[1];
         let h = h.narrow(1, n_cond, total - n_cond);
-        (self.logits(h), kvs)
+        (self.logits(h, req), kvs)
     }
 
     /// Like [`Self::forward`] but returns logits only for token positions `from..from + len`
@@ -682,8 +719,9 @@ impl<B: Backend> BlockDiffusionModel<B> {
         from: usize,
         len: usize,
     ) -> (Tensor<B, 3>, Vec<LayerKv<B>>) {
+        let req = input.request_features.clone();
         let (h, kvs, _) = self.hidden_with(input, cache, None, Some((from, len)));
-        (self.logits(h), kvs)
+        (self.logits(h, req), kvs)
     }
 
     /// [`Self::forward_range`] with FlashBlock reuse for a sampling call whose last `len` token
@@ -698,9 +736,10 @@ impl<B: Backend> BlockDiffusionModel<B> {
         len: usize,
         state: &mut FlashBlockState<B>,
     ) -> (Tensor<B, 3>, Vec<LayerKv<B>>) {
+        let req = input.request_features.clone();
         let (h, kvs, n_cond) = self.hidden_with(input, cache, Some((len, state)), None);
         let h = h.narrow(1, n_cond + from, len);
-        (self.logits(h), kvs)
+        (self.logits(h, req), kvs)
     }
 
     fn hidden(
@@ -721,7 +760,7 @@ impl<B: Backend> BlockDiffusionModel<B> {
         let reuse = flash.as_ref().is_some_and(|(_, s)| s.is_recorded());
         let mut recorded = Vec::new();
         let device = input.tokens.device();
-        let mut x = self.embed(input.tokens);
+        let mut x = self.embed(input.tokens, input.request_features);
         let mut positions = input.positions;
         let mut n_cond = 0;
         if let Some(cond_vec) = input.cond {

@@ -508,6 +508,14 @@ fn sample_inner<B: Backend, C: Condition>(
         (None, None)
     };
 
+    let req_t = request_feature_tensor::<B>(
+        requests.iter().map(|r| r.token_features()),
+        rows,
+        model_cfg,
+        device,
+    )
+    .map_err(|(index, message)| SampleError::Request { index, message })?;
+
     // Per-request state: prompt ⊕ generated.
     let mut seqs: Vec<Vec<u32>> = requests.iter().map(|r| r.prompt().to_vec()).collect();
     let mut rngs: Vec<StdRng> = ids
@@ -542,6 +550,7 @@ fn sample_inner<B: Backend, C: Condition>(
         has_cond,
         cond_t,
         cond_drop,
+        req_t,
         cache: KvCache::new(),
         // Clean positions not yet in the cache, per row. Starts with the prompt.
         pending: Some(pending),
@@ -880,6 +889,54 @@ fn row_blocks(seqs: &[Vec<u32>], rows: usize, from: usize, len: usize) -> Vec<Ve
         .collect()
 }
 
+/// The `[rows, vocab, k]` request-feature tensor of a batch (`None` when the model has no
+/// request features). Rows past the requests (CFG's unconditional copies) and requests without
+/// a table get zero rows, the null condition of training. Errors name the request.
+pub(crate) fn request_feature_tensor<'a, B: Backend>(
+    tables: impl Iterator<Item = Option<&'a [f32]>>,
+    rows: usize,
+    model_cfg: &BlockDiffusionConfig,
+    device: &B::Device,
+) -> Result<Option<Tensor<B, 3>>, (usize, String)> {
+    let k = model_cfg.request_feature_dim;
+    let tables: Vec<Option<&[f32]>> = tables.collect();
+    if k == 0 {
+        return match tables.iter().position(Option::is_some) {
+            Some(i) => Err((
+                i,
+                "request token features given to a model without them".into(),
+            )),
+            None => Ok(None),
+        };
+    }
+    let width = model_cfg.vocab_size * k;
+    let mut data = vec![0f32; rows * width];
+    for (i, t) in tables.iter().enumerate().take(rows) {
+        if let Some(t) = t {
+            if t.len() != width {
+                return Err((
+                    i,
+                    format!(
+                        "request token features have {} values, the model expects vocab × {k} = {width}",
+                        t.len()
+                    ),
+                ));
+            }
+            if t.iter().any(|x| !x.is_finite()) {
+                return Err((i, "request token features contain NaN or infinity".into()));
+            }
+            data[i * width..(i + 1) * width].copy_from_slice(t);
+        }
+    }
+    Ok(Some(
+        Tensor::<B, 1>::from_floats(data.as_slice(), device).reshape([
+            rows,
+            model_cfg.vocab_size,
+            k,
+        ]),
+    ))
+}
+
 /// Extends every sequence with `MASK` (`PAD` for finished requests) to length `len`.
 fn extend_to(seqs: &mut [Vec<u32>], done: &[bool], len: usize) {
     for (s, &d) in seqs.iter_mut().zip(done) {
@@ -903,6 +960,8 @@ struct Decoder<'a, B: Backend> {
     has_cond: bool,
     cond_t: Option<Tensor<B, 3>>,
     cond_drop: Option<Tensor<B, 1>>,
+    /// Per-request token features `[rows, vocab, k]` (zero rows for unconditional CFG rows).
+    req_t: Option<Tensor<B, 3>>,
     cache: KvCache<B>,
     pending: Option<Vec<Vec<u32>>>,
     /// Lengths of the segments queued in `pending` (the prompt, finished blocks): clean rows
@@ -960,6 +1019,7 @@ impl<B: Backend> Decoder<'_, B> {
                 None
             },
             mask: mask_t,
+            request_features: self.req_t.clone(),
         };
         let (logits, kvs) = if self.use_flash {
             self.model
@@ -1014,6 +1074,7 @@ impl<B: Backend> Decoder<'_, B> {
             cond: self.cond_t.clone(),
             cond_drop: self.cond_drop.clone(),
             mask: Some(mask::MaskTable::new(m, ctx + gen, ctx + gen)),
+            request_features: self.req_t.clone(),
         };
         let (logits, _) = self.model.forward_range(input, None, seq_off, b);
         to_vec(logits)
@@ -1047,6 +1108,7 @@ impl<B: Backend> Decoder<'_, B> {
                 2 * b,
                 cached + 2 * b,
             )),
+            request_features: self.req_t.clone(),
         };
         let (logits, _) = self.model.forward_range(input, Some(&self.cache), 0, b);
         to_vec(logits)

@@ -132,6 +132,7 @@ impl<'a, B: Backend> BlockStream<'a, B> {
                 positions: (s.next_pos..s.next_pos + len).collect(),
                 cond: None,
                 cond_drop: None,
+                request_features: None,
                 mask: None,
             };
             let (_, kvs) = s.model.forward_range(input, Some(&s.cache), 0, 1);
@@ -186,6 +187,7 @@ impl<'a, B: Backend> BlockStream<'a, B> {
                 positions: (start..self.next_pos + b).collect(),
                 cond: None,
                 cond_drop: None,
+                request_features: None,
                 mask: (clean > 0).then(|| {
                     mask::MaskTable::new(
                         mask::append_mask_data(self.cache.len(), clean, b),
@@ -309,6 +311,7 @@ mod tests {
                 positions: (0..n).collect(),
                 cond: None,
                 cond_drop: None,
+                request_features: None,
                 mask: Some(mask::MaskTable::new(blocked.clone(), n, n)),
             };
             let (logits, _) = model.forward_range(input, None, n - b, b);

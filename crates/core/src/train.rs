@@ -224,6 +224,24 @@ pub fn check_data(
                 model_cfg.vocab_size
             )));
         }
+        let k = model_cfg.request_feature_dim;
+        match &ex.condition.token_features {
+            Some(_) if k == 0 => {
+                return Err(err(
+                    "request token features given to a model without them".into()
+                ))
+            }
+            Some(t) if t.len() != model_cfg.vocab_size * k => {
+                return Err(err(format!(
+                    "request token features have {} values, the model expects vocab × {k}",
+                    t.len()
+                )))
+            }
+            Some(t) if t.iter().any(|x| !x.is_finite()) => {
+                return Err(err("request token features contain NaN or infinity".into()))
+            }
+            _ => {}
+        }
         match (&ex.condition.vectors, cond_width) {
             (None, 0) => {}
             (Some(v), w) if v.len() == w && w > 0 => {
@@ -484,6 +502,20 @@ pub fn batch_from_states<B: Backend>(
     } else {
         (None, None)
     };
+    // Per-request token features; dropped conditions get the null (zero) table.
+    let request_features = crate::sample::request_feature_tensor::<B>(
+        conditions.iter().zip(drops.iter()).map(|(c, &d)| {
+            if d > 0.0 {
+                None
+            } else {
+                c.token_features.as_deref().map(Vec::as_slice)
+            }
+        }),
+        n,
+        model_cfg,
+        device,
+    )
+    .expect("checked by check_data");
     let ctx = cond_len + prompt_len;
     let m = mask::training_mask_data(ctx, l, block);
     let side = ctx + 2 * l;
@@ -497,6 +529,7 @@ pub fn batch_from_states<B: Backend>(
             cond,
             cond_drop,
             mask: Some(mask::MaskTable::new(m, side, side)),
+            request_features,
         },
         prompt_len,
         seq_len: l,

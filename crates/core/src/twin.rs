@@ -267,6 +267,7 @@ fn check<B: Backend>(
         positions: positions.clone(),
         cond: cond_t,
         cond_drop: None,
+        request_features: None,
         mask: Some(table),
     };
     let (logits, _) = model.forward_range(input, None, from, len);

@@ -16,6 +16,7 @@ fn logits(
         positions: (0..6).collect(),
         cond: Some(Tensor::ones([2, 1, 3], device)),
         cond_drop: None,
+        request_features: None,
         mask: None,
     };
     model

@@ -105,6 +105,7 @@ fn ar_joint(model: &BlockDiffusionModel<B>, offset: u32) -> Vec<f64> {
         positions,
         cond: None,
         cond_drop: None,
+        request_features: None,
         mask: Some(MaskTable::new(
             mask::verifier_mask_data(0, LEN),
             2 * LEN,
@@ -280,6 +281,7 @@ fn flashblock_in_the_model_is_exact_until_the_block_changes() {
         positions: (0..c + b).collect(),
         cond: None,
         cond_drop: None,
+        request_features: None,
         mask: Some(MaskTable::new(
             mask::append_mask_data(0, c, b),
             c + b,
@@ -304,6 +306,7 @@ fn flashblock_in_the_model_is_exact_until_the_block_changes() {
         positions: (c..c + b).collect(),
         cond: None,
         cond_drop: None,
+        request_features: None,
         mask: None,
     };
     // Same block tokens: the kept external part is not stale, reuse is exact.

@@ -18,15 +18,20 @@ fn check(batch: usize, block: usize, policy: CommitPolicy, with_cond: bool) {
         .with_n_layers(2)
         .with_n_heads(4)
         .with_cond_dim(if with_cond { 5 } else { 0 })
-        .with_cond_len(if with_cond { 2 } else { 0 });
+        .with_cond_len(if with_cond { 2 } else { 0 })
+        .with_request_feature_dim(if with_cond { 2 } else { 0 });
     let model = cfg.init::<B>(&device);
     let prompt_len = 3;
+    // Per-request token features ride along with the condition vectors.
+    let table =
+        |i: usize| -> Vec<f32> { (0..48).map(|k| ((i * 5 + k) as f32 * 0.23).cos()).collect() };
     let requests: Vec<Conditioning> = (0..batch)
         .map(|i| Conditioning {
             prompt: (0..prompt_len)
                 .map(|j| 4 + ((i * 7 + j * 3) % 20) as u32)
                 .collect(),
             vectors: with_cond.then(|| (0..10).map(|k| ((i + k) as f32 * 0.37).sin()).collect()),
+            token_features: with_cond.then(|| std::sync::Arc::new(table(i))),
         })
         .collect();
     let scfg = SamplerConfig {
@@ -78,6 +83,10 @@ fn check(batch: usize, block: usize, policy: CommitPolicy, with_cond: bool) {
                 cond,
                 cond_drop: None,
                 mask: Some(mask::MaskTable::new(m, ctx + gen, ctx + gen)),
+                request_features: with_cond.then(|| {
+                    let v: Vec<f32> = (0..batch).flat_map(table).collect();
+                    Tensor::<B, 1>::from_floats(v.as_slice(), &device).reshape([batch, 24, 2])
+                }),
             };
             let (logits, _) = model.forward_range(input, None, total - block, block);
             let reference = logits.into_data().into_vec::<f32>().unwrap();
@@ -176,6 +185,7 @@ fn forced_commits_skip_calls_and_keep_the_cache_exact() {
                     .map(|k| ((i as usize + k) as f32 * 0.41).cos())
                     .collect(),
             ),
+            ..Default::default()
         })
         .collect();
     for (block, policy) in [

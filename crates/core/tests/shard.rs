@@ -23,6 +23,7 @@ fn shards_concatenate_to_the_single_run() {
         .map(|i| Conditioning {
             prompt: vec![4 + (i * 5 % 20) as u32, 4 + (i * 3 % 20) as u32],
             vectors: None,
+            ..Default::default()
         })
         .collect();
     let scfg = SamplerConfig {

@@ -424,6 +424,7 @@ pub fn prepare(
             condition: Conditioning {
                 prompt: Vec::new(),
                 vectors: Some(cond),
+                ..Default::default()
             },
         };
         // Every 25th episode is held out for the validation NELBO.
@@ -590,6 +591,7 @@ impl RobotPolicy {
                 Ok(Conditioning {
                     prompt: Vec::new(),
                     vectors: Some(self.settings.condition(o)?),
+                    ..Default::default()
                 })
             })
             .collect::<Result<Vec<_>, RobotError>>()?

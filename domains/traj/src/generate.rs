@@ -23,8 +23,8 @@ use crate::metrics::{compare, MetricsConfig, TripMetrics};
 use crate::network::RoadNetwork;
 use crate::simulate::{best_route, RouteCost};
 use crate::tokenizer::{
-    segment_features, DetourBound, SegmentTokenizer, TopologyConstraint, TripRequest, FEATURE_DIM,
-    PROMPT_LEN,
+    segment_features, DestinationFeatures, DetourBound, SegmentTokenizer, TopologyConstraint,
+    TripRequest, DEST_FEATURE_DIM, FEATURE_DIM, PROMPT_LEN,
 };
 use crate::trip::Trip;
 
@@ -57,6 +57,11 @@ pub struct TrajModelConfig {
     /// prefer successors by where they lead instead of learning each segment's row alone.
     #[serde(default)]
     pub feature_head: bool,
+    /// Give every request its destination's token features ([`DestinationFeatures`]: hop and
+    /// straight-line distance of each segment to the destination) through the core's
+    /// request features.
+    #[serde(default)]
+    pub dest_features: bool,
 }
 
 impl Default for TrajModelConfig {
@@ -73,6 +78,7 @@ impl Default for TrajModelConfig {
             progress: true,
             kernel: NoiseKernel::Absorbing,
             feature_head: true,
+            dest_features: true,
         }
     }
 }
@@ -92,6 +98,8 @@ pub struct TrajModel<B: Backend> {
     pub detour: Option<DetourBound>,
     /// Threads sampling batches concurrently (default: the machine's cores).
     pub workers: usize,
+    /// Per-destination request features, when the model was trained with them.
+    pub dest_features: Option<std::sync::Arc<DestinationFeatures>>,
 }
 
 /// File beside the checkpoint holding the fitted [`DetourBound`].
@@ -141,14 +149,34 @@ pub fn train_model(
             .map(|t| tok.example(t).map_err(|e| TrajError::Config(e.to_string())))
             .collect()
     };
-    let (train_ex, val_ex) = (to_examples(train)?, to_examples(val)?);
+    let dest = cfg
+        .dest_features
+        .then(|| std::sync::Arc::new(DestinationFeatures::new(net, &tok)));
+    let with_dest = |mut ex: Vec<Example>| {
+        if let Some(f) = &dest {
+            for e in &mut ex {
+                let d = tok
+                    .decode(&e.condition.prompt[1..2])
+                    .ok()
+                    .and_then(|r| r.first().copied());
+                e.condition.token_features = d.map(|d| f.table(d));
+            }
+        }
+        ex
+    };
+    let (train_ex, val_ex) = (with_dest(to_examples(train)?), with_dest(to_examples(val)?));
     let mcfg = BlockDiffusionConfig::new(tok.vocab().size())
         .with_d_model(cfg.d_model)
         .with_n_layers(cfg.n_layers)
         .with_n_heads(cfg.n_heads)
         .with_max_len(PROMPT_LEN + seq_len)
         .with_token_feature_dim(FEATURE_DIM)
-        .with_feature_head(cfg.feature_head);
+        .with_feature_head(cfg.feature_head)
+        .with_request_feature_dim(if cfg.dest_features {
+            DEST_FEATURE_DIM
+        } else {
+            0
+        });
     mcfg.validate().map_err(TrajError::Config)?;
     let device = Default::default();
     <CpuTrainBackend as Backend>::seed(&device, cfg.seed);
@@ -183,6 +211,7 @@ pub fn train_model(
             seq_len,
             detour: Some(detour),
             workers: blockdiff_core::cpu_cores(),
+            dest_features: dest,
         },
         report,
     ))
@@ -218,6 +247,16 @@ pub fn load_model(dir: &Path, net: &RoadNetwork) -> Result<TrajModel<CpuBackend>
     } else {
         None
     };
+    let dest_features = match ck.config.request_feature_dim {
+        0 => None,
+        DEST_FEATURE_DIM => Some(std::sync::Arc::new(DestinationFeatures::new(net, &tok))),
+        k => {
+            return Err(TrajError::Config(format!(
+                "{}: the checkpoint expects {k} request features per segment, this version computes {DEST_FEATURE_DIM}",
+                dir.display()
+            )))
+        }
+    };
     Ok(TrajModel {
         model: ck.model,
         config: ck.config,
@@ -225,6 +264,7 @@ pub fn load_model(dir: &Path, net: &RoadNetwork) -> Result<TrajModel<CpuBackend>
         seq_len,
         detour,
         workers: blockdiff_core::cpu_cores(),
+        dest_features,
     })
 }
 
@@ -358,6 +398,7 @@ impl<B: Backend> TrajModel<B> {
             .map(|r| Conditioning {
                 prompt: self.tokenizer.prompt(r),
                 vectors: None,
+                token_features: self.dest_features.as_ref().map(|f| f.table(r.destination)),
             })
             .collect();
         let res = sample_with_ids(

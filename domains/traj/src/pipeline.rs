@@ -64,6 +64,11 @@ pub struct EvalReport {
     pub markov: GeneratorMetrics,
     /// Shortest-distance path between the same origin and destination.
     pub shortest_path: GeneratorMetrics,
+    /// The simulator itself, re-drawing every held-out request's route with fresh preference
+    /// noise ([`crate::simulate::resample_routes`]): the noise floor of a simulated benchmark,
+    /// what a perfect generator would score. Only where the trips were simulated (`traj demo`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub simulator: Option<GeneratorMetrics>,
 }
 
 /// Evaluates generated routes (one per `test` trip, in order) against `test`, next to the
@@ -91,6 +96,7 @@ pub fn evaluate_all(
         model: evaluate(net, test, &requests, generated, &mcfg)?,
         markov: evaluate(net, test, &requests, &markov, &mcfg)?,
         shortest_path: evaluate(net, test, &requests, &shortest, &mcfg)?,
+        simulator: None,
     };
     if let Some(png) = png {
         let real: Vec<Vec<usize>> = test.iter().map(|t| t.route.clone()).collect();
@@ -117,6 +123,25 @@ pub fn evaluate_all(
         )?;
     }
     Ok(report)
+}
+
+/// The simulator's own routes for `requests` (fresh preference noise), scored against `test`
+/// like a generator: the floor of every metric on this simulated benchmark.
+pub fn simulator_floor(
+    net: &RoadNetwork,
+    cfg: &SimConfig,
+    test: &[Trip],
+    requests: &[TripRequest],
+) -> Result<GeneratorMetrics, TrajError> {
+    let pairs: Vec<(usize, usize)> = requests.iter().map(|r| (r.origin, r.destination)).collect();
+    // A seed of its own, so the floor never reuses the held-out trips' noise.
+    let routes: Vec<Vec<usize>> =
+        crate::simulate::resample_routes(net, cfg, &pairs, cfg.seed ^ 0x5eed_f100)
+            .into_iter()
+            .zip(&pairs)
+            .map(|(r, &(o, _))| r.unwrap_or_else(|| vec![o]))
+            .collect();
+    evaluate(net, test, requests, &routes, &MetricsConfig::default())
 }
 
 /// Settings of [`run_demo`].
@@ -185,13 +210,11 @@ pub fn run_demo(opts: &DemoOptions) -> Result<DemoReport, TrajError> {
     let net = RoadNetwork::from_pbf(&opts.osm, &ImportOptions::default())?;
     let data = opts.out.join("data");
     write_roadmap(&data, &net)?;
-    let sim = simulate(
-        &net,
-        &SimConfig {
-            n_trips: opts.trips,
-            ..SimConfig::default()
-        },
-    )?;
+    let sim_cfg = SimConfig {
+        n_trips: opts.trips,
+        ..SimConfig::default()
+    };
+    let sim = simulate(&net, &sim_cfg)?;
     write_trips(&data.join("train.csv"), &sim.train)?;
     write_trips(&data.join("val.csv"), &sim.val)?;
     write_trips(&data.join("test.csv"), &sim.test)?;
@@ -217,6 +240,7 @@ pub fn run_demo(opts: &DemoOptions) -> Result<DemoReport, TrajError> {
         Some(&opts.out.join("eval.png")),
     )?;
     metrics.model.trips_per_s = Some(requests.len() as f64 / g.stats.wall_s.max(1e-9));
+    metrics.simulator = Some(simulator_floor(&net, &sim_cfg, &sim.test, &requests)?);
     let bytes = serde_json::to_vec_pretty(&metrics).expect("serialisable");
     write_atomic(&opts.out.join("metrics.json"), &bytes)?;
     Ok(DemoReport {

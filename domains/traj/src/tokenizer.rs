@@ -64,7 +64,7 @@ impl SegmentTokenizer {
             tokens,
             condition: Conditioning {
                 prompt: self.prompt(&req),
-                vectors: None,
+                ..Default::default()
             },
         })
     }
@@ -184,7 +184,12 @@ impl TopologyConstraint {
 
     /// Hop distance from segment `o` to segment `d` (`usize::MAX` when unreachable).
     pub fn hops(&self, o: usize, d: usize) -> usize {
-        self.inner.hops_to(d).get(o).copied().unwrap_or(usize::MAX)
+        self.hops_to(d).get(o).copied().unwrap_or(usize::MAX)
+    }
+
+    /// Hop distance from every segment to segment `d` (cached per destination).
+    pub fn hops_to(&self, d: usize) -> Arc<Vec<usize>> {
+        self.inner.hops_to(d)
     }
 
     /// The same constraint with a per-trip detour bound.
@@ -214,6 +219,69 @@ impl Constraint for TopologyConstraint {
             }
             _ => self.inner.restrict(seq, pos, allowed),
         }
+    }
+}
+
+/// Width of [`DestinationFeatures`] rows.
+pub const DEST_FEATURE_DIM: usize = 3;
+
+/// Most floats [`DestinationFeatures`] keeps memoised (64 MiB) before it starts afresh.
+const MAX_MEMO_FLOATS: usize = 16 << 20;
+
+/// Per-destination token features (the core's request features): for every segment, its hop
+/// distance to the trip's destination (capped at 64, / 16), its straight-line centroid
+/// distance to it (km / 2), and whether it is the destination. HOSER's navigator scores
+/// candidates by their distance to the destination; here the model learns how much to.
+/// Tables are memoised per destination and shared by the requests that go there.
+#[derive(Debug)]
+pub struct DestinationFeatures {
+    constraint: TopologyConstraint,
+    vocab_size: usize,
+    regular_offset: usize,
+    centroids: Vec<[f64; 2]>,
+    tables: std::sync::Mutex<std::collections::HashMap<usize, Arc<Vec<f32>>>>,
+}
+
+impl DestinationFeatures {
+    /// The features of `net` in `tok`'s vocabulary.
+    pub fn new(net: &RoadNetwork, tok: &SegmentTokenizer) -> Self {
+        Self {
+            constraint: TopologyConstraint::new(net, tok, None),
+            vocab_size: tok.vocab().size(),
+            regular_offset: tok.vocab().regular_id(0) as usize,
+            centroids: net
+                .segments
+                .iter()
+                .map(|s| net.projection.to_xy(s.centroid()))
+                .collect(),
+            tables: Default::default(),
+        }
+    }
+
+    /// The `[vocab × DEST_FEATURE_DIM]` table of trips to segment `dest`.
+    pub fn table(&self, dest: usize) -> Arc<Vec<f32>> {
+        let mut memo = self.tables.lock().unwrap_or_else(|e| e.into_inner());
+        // Bounded like the constraint's hop tables: on a large city one table per destination
+        // would otherwise grow to vocab² floats.
+        if memo.len() * self.vocab_size * DEST_FEATURE_DIM > MAX_MEMO_FLOATS {
+            memo.clear();
+        }
+        memo.entry(dest)
+            .or_insert_with(|| {
+                let mut t = vec![0f32; self.vocab_size * DEST_FEATURE_DIM];
+                let d = self.centroids[dest];
+                let hops_to = self.constraint.hops_to(dest);
+                for (s, c) in self.centroids.iter().enumerate() {
+                    let hops = hops_to.get(s).copied().unwrap_or(usize::MAX).min(64);
+                    let km = ((c[0] - d[0]).powi(2) + (c[1] - d[1]).powi(2)).sqrt() / 1000.0;
+                    let row = &mut t[(self.regular_offset + s) * DEST_FEATURE_DIM..];
+                    row[0] = hops as f32 / 16.0;
+                    row[1] = (km / 2.0) as f32;
+                    row[2] = f32::from(s == dest);
+                }
+                Arc::new(t)
+            })
+            .clone()
     }
 }
 

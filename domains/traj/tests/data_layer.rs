@@ -127,6 +127,60 @@ fn simulator_is_seeded_connected_and_not_just_shortest_paths() {
 }
 
 #[test]
+fn simulator_floor_routes_answer_the_requests_and_beat_the_markov_chain() {
+    use blockdiff_traj::generate::MarkovBaseline;
+    use blockdiff_traj::pipeline::{requests_of, simulator_floor};
+    use blockdiff_traj::simulate::resample_routes;
+    let net = helsinki();
+    let cfg = SimConfig {
+        n_trips: 2_000,
+        ..SimConfig::default()
+    };
+    let sim = simulate(&net, &cfg).unwrap();
+    let pairs: Vec<(usize, usize)> = sim
+        .test
+        .iter()
+        .map(|t| (t.origin().unwrap(), t.destination().unwrap()))
+        .collect();
+    let a = resample_routes(&net, &cfg, &pairs, 9);
+    assert_eq!(a, resample_routes(&net, &cfg, &pairs, 9), "seeded");
+    let mut differs = 0;
+    for ((r, &(o, d)), real) in a.iter().zip(&pairs).zip(&sim.test) {
+        let r = r.as_ref().expect("the network is strongly connected");
+        assert_eq!((r[0], *r.last().unwrap()), (o, d));
+        assert!(net.is_connected_route(r));
+        differs += usize::from(*r != real.route);
+    }
+    // Fresh preference noise: a real share of routes differ from the held-out ones.
+    assert!(
+        differs * 10 > pairs.len(),
+        "{differs} of {} differ",
+        pairs.len()
+    );
+    // Out-of-range ids are no route, not a panic.
+    assert_eq!(
+        resample_routes(&net, &cfg, &[(net.len(), 0)], 1),
+        vec![None]
+    );
+    let requests = requests_of(&sim.test);
+    let floor = simulator_floor(&net, &cfg, &sim.test, &requests).unwrap();
+    let markov = MarkovBaseline::fit(&net, &sim.train, 0.1).generate(&requests, 400, 17);
+    let markov = blockdiff_traj::generate::evaluate(
+        &net,
+        &sim.test,
+        &requests,
+        &markov,
+        &blockdiff_traj::metrics::MetricsConfig::default(),
+    )
+    .unwrap();
+    eprintln!("floor {floor:?}\nmarkov {markov:?}");
+    assert_eq!(floor.connectivity, 1.0);
+    assert_eq!(floor.destination_hit, 1.0);
+    assert!(floor.jsd_distance < markov.jsd_distance / 3.0);
+    assert!(floor.dtw_km < markov.dtw_km / 2.0);
+}
+
+#[test]
 fn map_matching_accuracy_on_noisy_gps() {
     use blockdiff_traj::matching::{match_trace, route_agreement, synthesize_gps, MatchConfig};
     let net = helsinki();
