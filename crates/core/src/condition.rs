@@ -23,6 +23,30 @@ pub trait Condition {
     }
 }
 
+/// Checks one request's token-feature table against a model: it must have
+/// `vocab × request_feature_dim` finite values, and the model must take them. The message
+/// says what is wrong; callers add which request or example.
+pub fn check_request_features(
+    table: &[f32],
+    cfg: &crate::model::BlockDiffusionConfig,
+) -> Result<(), String> {
+    let k = cfg.request_feature_dim;
+    if k == 0 {
+        return Err("request token features given to a model without them".into());
+    }
+    let width = cfg.vocab_size * k;
+    if table.len() != width {
+        return Err(format!(
+            "request token features have {} values, the model expects vocab × {k} = {width}",
+            table.len()
+        ));
+    }
+    if table.iter().any(|x| !x.is_finite()) {
+        return Err("request token features contain NaN or infinity".into());
+    }
+    Ok(())
+}
+
 /// A plain condition value.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Conditioning {

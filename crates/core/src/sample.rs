@@ -900,31 +900,18 @@ pub(crate) fn request_feature_tensor<'a, B: Backend>(
 ) -> Result<Option<Tensor<B, 3>>, (usize, String)> {
     let k = model_cfg.request_feature_dim;
     let tables: Vec<Option<&[f32]>> = tables.collect();
+    for (i, t) in tables.iter().enumerate() {
+        if let Some(t) = t {
+            crate::condition::check_request_features(t, model_cfg).map_err(|m| (i, m))?;
+        }
+    }
     if k == 0 {
-        return match tables.iter().position(Option::is_some) {
-            Some(i) => Err((
-                i,
-                "request token features given to a model without them".into(),
-            )),
-            None => Ok(None),
-        };
+        return Ok(None);
     }
     let width = model_cfg.vocab_size * k;
     let mut data = vec![0f32; rows * width];
     for (i, t) in tables.iter().enumerate().take(rows) {
         if let Some(t) = t {
-            if t.len() != width {
-                return Err((
-                    i,
-                    format!(
-                        "request token features have {} values, the model expects vocab × {k} = {width}",
-                        t.len()
-                    ),
-                ));
-            }
-            if t.iter().any(|x| !x.is_finite()) {
-                return Err((i, "request token features contain NaN or infinity".into()));
-            }
             data[i * width..(i + 1) * width].copy_from_slice(t);
         }
     }

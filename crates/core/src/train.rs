@@ -224,23 +224,8 @@ pub fn check_data(
                 model_cfg.vocab_size
             )));
         }
-        let k = model_cfg.request_feature_dim;
-        match &ex.condition.token_features {
-            Some(_) if k == 0 => {
-                return Err(err(
-                    "request token features given to a model without them".into()
-                ))
-            }
-            Some(t) if t.len() != model_cfg.vocab_size * k => {
-                return Err(err(format!(
-                    "request token features have {} values, the model expects vocab × {k}",
-                    t.len()
-                )))
-            }
-            Some(t) if t.iter().any(|x| !x.is_finite()) => {
-                return Err(err("request token features contain NaN or infinity".into()))
-            }
-            _ => {}
+        if let Some(t) = &ex.condition.token_features {
+            crate::condition::check_request_features(t, model_cfg).map_err(err)?;
         }
         match (&ex.condition.vectors, cond_width) {
             (None, 0) => {}
