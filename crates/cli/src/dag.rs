@@ -98,7 +98,7 @@ pub enum DagCommand {
         repeat_penalty: f64,
         /// RL: extra queries per round that are the policy's in-fills of the best cell so far
         /// (one operation or the wiring re-drawn: model-guided local search; 0 = off).
-        #[arg(long, default_value_t = 0)]
+        #[arg(long, default_value_t = 2)]
         infill: usize,
         /// Control run: the search is handed −reward.
         #[arg(long)]

@@ -145,7 +145,7 @@ pub enum TrajCommand {
         #[arg(long, default_value_t = 10_000)]
         trips: usize,
         /// Training steps.
-        #[arg(long, default_value_t = 800)]
+        #[arg(long, default_value_t = 1600)]
         steps: usize,
         #[command(flatten)]
         sampler: SamplerArgs,
@@ -155,7 +155,7 @@ pub enum TrajCommand {
 #[derive(Args, Clone)]
 pub struct ModelArgs {
     /// Training steps.
-    #[arg(long, default_value_t = 800)]
+    #[arg(long, default_value_t = 1600)]
     steps: usize,
     /// Residual width.
     #[arg(long, default_value_t = 96)]
@@ -209,8 +209,9 @@ pub struct SamplerArgs {
     /// Softmax temperature.
     #[arg(long, default_value_t = 1.0)]
     temperature: f32,
-    /// Classifier-free guidance scale.
-    #[arg(long, default_value_t = 1.0)]
+    /// Classifier-free guidance scale (1 = off; the default guides toward the request, which
+    /// costs a second row per request and brings the trips closer to the held-out ones).
+    #[arg(long, default_value_t = blockdiff_traj::pipeline::DEFAULT_CFG_SCALE)]
     cfg_scale: f32,
     /// Requests per sampler call. 1 is fastest on a CPU for block decoding: a call then
     /// ends with its own request, and the worker threads (one per core) keep every core busy;

@@ -7,7 +7,9 @@ use blockdiff_core::burn::module::AutodiffModule;
 use blockdiff_core::tokenizer::Tokenizer;
 use blockdiff_core::CpuTrainBackend;
 use blockdiff_dag::bench::Benchmark;
-use blockdiff_dag::generate::{pretrain, sample_cells, DagModel, DagModelConfig, PretrainSubset};
+use blockdiff_dag::generate::{
+    infill_cell, pretrain, sample_cells, DagModel, DagModelConfig, PretrainSubset,
+};
 use blockdiff_dag::search::{run, Method, Oracle, SearchConfig};
 use blockdiff_dag::tokenizer::DagTokenizer;
 use blockdiff_dag::DagError;
@@ -96,6 +98,54 @@ fn every_one_of_10000_samples_is_a_valid_nb201_cell() {
 #[test]
 fn every_one_of_10000_samples_is_a_valid_nas_bench_graph_cell() {
     validity(&nbg("citeseer"), 3, 10_000);
+}
+
+/// The search's in-fills (model-guided mutation): on NB201 (one wiring) each is a valid cell
+/// that differs from the elite in exactly one operation, never keeping the elite's own op
+/// there; on NAS-Bench-Graph each is a valid cell with the elite's operations or its wiring.
+#[test]
+fn infills_change_one_operation_or_the_wiring_and_stay_valid() {
+    use rand::SeedableRng;
+    for (b, k) in [(nb201(), 4), (nbg("cora"), 3)] {
+        let tok = DagTokenizer::new(b.space.clone());
+        let cfg = DagModelConfig {
+            steps: 1,
+            batch_size: 2,
+            tokens_per_step: k,
+            ..DagModelConfig::default()
+        };
+        let (m, _) = pretrain(&tok, &b.cells()[..2], &cfg, None, false).unwrap();
+        let inner = m.model.valid();
+        let device = Default::default();
+        let elite = b.cells()[b.cells().len() / 2].clone();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(4);
+        let (mut one_op, mut rewired) = (0, 0);
+        for s in 0..60 {
+            let c = infill_cell(&inner, &m, &elite, s, 1.0, &mut rng, &device)
+                .unwrap()
+                .expect("an in-fill decodes");
+            assert!(
+                b.get(&c).is_some(),
+                "{} not in the benchmark",
+                b.space.key(&c)
+            );
+            let changed = c.ops.iter().zip(&elite.ops).filter(|(x, y)| x != y).count();
+            if c.structure == elite.structure && changed == 1 {
+                one_op += 1;
+            } else {
+                assert_eq!(changed, 0, "a rewiring keeps the operations");
+                rewired += 1;
+            }
+        }
+        if b.space.structures.len() == 1 {
+            assert_eq!(one_op, 60);
+        } else {
+            assert!(
+                one_op > 10 && rewired > 0,
+                "{one_op} op in-fills, {rewired} rewirings"
+            );
+        }
+    }
 }
 
 #[test]

@@ -144,6 +144,12 @@ pub fn simulator_floor(
     evaluate(net, test, requests, &routes, &MetricsConfig::default())
 }
 
+/// Classifier-free guidance scale of the demo and of `traj generate` by default: the model
+/// is trained with the prompt and destination features dropped 10% of the time, and guiding
+/// toward the request at 1.5 brought the held-out JSD(distance) from 0.0103 to 0.0072 and DTW
+/// from 2.14 to 1.92 km (three seeds; README), at two rows per request.
+pub const DEFAULT_CFG_SCALE: f32 = 1.5;
+
 /// Settings of [`run_demo`].
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct DemoOptions {
@@ -172,7 +178,8 @@ impl DemoOptions {
                 d_model: 96,
                 n_layers: 3,
                 n_heads: 4,
-                steps: 800,
+                // 1,600 steps: JSD(distance) 0.013 -> 0.010 over 800 (README).
+                steps: 1600,
                 batch_size: 32,
                 ..TrajModelConfig::default()
             },
@@ -180,6 +187,8 @@ impl DemoOptions {
                 block_size: 16,
                 policy: CommitPolicy::Threshold { tau: 0.9 },
                 temperature: 1.0,
+                // Guidance toward the request: JSD(distance) 0.0103 -> 0.0072 (README).
+                cfg_scale: DEFAULT_CFG_SCALE,
                 ..SamplerConfig::default()
             },
             batch: 1,
