@@ -286,10 +286,14 @@ impl SuccessorConstraint {
             sets.as_ref()
                 .is_none_or(|s| s[k].binary_search(&(d as u32)).is_ok())
         };
-        // EOS here: the destination at pos - 1. PAD here: the destination earlier still.
+        // EOS here: the destination at pos - 1. PAD here: the destination earlier still. Either
+        // way the destination must sit before the horizon (the last position it may take is
+        // `limit - 1`), which matters once the horizon is shorter than the sequence.
         let gap = left_node.map_or(usize::MAX, |(i, _)| pos - i);
-        let eos_here = gap >= 2 && d_at(gap - 1);
-        let pad_here = gap >= 3 && (1..=gap - 2).any(d_at);
+        let before_limit =
+            |k: usize| horizon.is_none_or(|limit| left_node.is_some_and(|(i, _)| i + k < limit));
+        let eos_here = gap >= 2 && d_at(gap - 1) && before_limit(gap - 1);
+        let pad_here = gap >= 3 && (1..=gap - 2).any(|k| d_at(k) && before_limit(k));
         let mut ok = match &sets {
             Some(s) => {
                 let mut o = vec![false; n];
@@ -337,11 +341,16 @@ impl SuccessorConstraint {
             },
         }
         if let (Some(limit), Some(h)) = (horizon, hops.as_ref()) {
-            // The destination must fit before the limit.
-            let room = limit.saturating_sub(1 + pos);
-            ok.iter_mut()
-                .zip(h.iter())
-                .for_each(|(o, &h)| *o &= h <= room);
+            // The destination must fit before the limit; at or past the limit no node fits (a
+            // saturating room of 0 there would let the destination itself in, and then leave
+            // the positions before it with nothing allowed).
+            match limit.checked_sub(1 + pos) {
+                Some(room) => ok
+                    .iter_mut()
+                    .zip(h.iter())
+                    .for_each(|(o, &h)| *o &= h <= room),
+                None => ok.iter_mut().for_each(|o| *o = false),
+            }
         }
         for (t, a) in allowed.iter_mut().enumerate() {
             let t = t as u32;

@@ -282,7 +282,15 @@ fn terminal_constraint_never_dead_ends_in_any_commit_order() {
     for trial in 0..1500 {
         let start = rng.random_range(0..32usize);
         let terminal = vocab.regular_id(rng.random_range(0..32usize));
-        let horizon = (trial % 2 == 0).then_some(1 + block * blocks);
+        // No limit, the sequence's own length, or (the traj detour bound) a limit shorter than
+        // the sequence that the terminal is still reachable within: positions past it exist.
+        let full = 1 + block * blocks;
+        let hops = c.hops_to(c.node_of(terminal).unwrap())[start];
+        let horizon = match trial % 3 {
+            0 => Some(full),
+            1 if hops != usize::MAX && hops + 2 < full => Some(rng.random_range(hops + 2..full)),
+            _ => None,
+        };
         let mut seq = vec![vocab.regular_id(start)];
         for _ in 0..blocks {
             let base = seq.len();
@@ -309,6 +317,13 @@ fn terminal_constraint_never_dead_ends_in_any_commit_order() {
             }
         }
         let gen = &seq[1..];
+        if let Some(h) = horizon.filter(|&h| h < full) {
+            let at = seq.iter().position(|&t| t == terminal);
+            assert!(
+                at.is_some_and(|i| i < h),
+                "terminal past the limit {h}: {seq:?}"
+            );
+        }
         match gen.iter().position(|&t| t == EOS) {
             Some(e) => {
                 // The token before EOS (the start itself when the walk is empty) is the terminal,
