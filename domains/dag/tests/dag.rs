@@ -57,9 +57,15 @@ fn tokenizer_round_trips_every_cell_of_both_spaces() {
     }
 }
 
-/// An untrained generator (random logits) under the constraint: every sample must be a valid
-/// cell of the space, whatever the commit order.
-fn validity(b: &Benchmark, k: usize, n: usize) {
+/// A generator trained for one step (random logits), committing `k` tokens per step, and its
+/// inference copy.
+fn untrained(
+    b: &Benchmark,
+    k: usize,
+) -> (
+    DagModel<CpuTrainBackend>,
+    blockdiff_core::model::BlockDiffusionModel<blockdiff_core::CpuBackend>,
+) {
     let tok = DagTokenizer::new(b.space.clone());
     let cfg = DagModelConfig {
         steps: 1,
@@ -69,6 +75,13 @@ fn validity(b: &Benchmark, k: usize, n: usize) {
     };
     let (m, _) = pretrain(&tok, &b.cells()[..2], &cfg, None, false).unwrap();
     let inner = m.model.valid();
+    (m, inner)
+}
+
+/// An untrained generator (random logits) under the constraint: every sample must be a valid
+/// cell of the space, whatever the commit order.
+fn validity(b: &Benchmark, k: usize, n: usize) {
+    let (m, inner) = untrained(b, k);
     let device = Default::default();
     let mut valid = 0;
     let mut distinct = std::collections::HashSet::new();
@@ -107,15 +120,7 @@ fn every_one_of_10000_samples_is_a_valid_nas_bench_graph_cell() {
 fn infills_change_one_operation_or_the_wiring_and_stay_valid() {
     use rand::SeedableRng;
     for (b, k) in [(nb201(), 4), (nbg("cora"), 3)] {
-        let tok = DagTokenizer::new(b.space.clone());
-        let cfg = DagModelConfig {
-            steps: 1,
-            batch_size: 2,
-            tokens_per_step: k,
-            ..DagModelConfig::default()
-        };
-        let (m, _) = pretrain(&tok, &b.cells()[..2], &cfg, None, false).unwrap();
-        let inner = m.model.valid();
+        let (m, inner) = untrained(&b, k);
         let device = Default::default();
         let elite = b.cells()[b.cells().len() / 2].clone();
         let mut rng = rand::rngs::StdRng::seed_from_u64(4);
