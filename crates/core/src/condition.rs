@@ -18,8 +18,49 @@ pub trait Condition {
         &[]
     }
     /// Per-request token features, `vocab × request_feature_dim` row-major, or `None`.
-    fn token_features(&self) -> Option<&[f32]> {
+    fn token_features(&self) -> Option<Arc<Vec<f32>>> {
         None
+    }
+}
+
+/// A request's token-feature table (see [`Condition::token_features`]), given outright or
+/// computed when a batch needs it. Lazy tables keep a training set's memory to its examples:
+/// on a large road network one `[vocab, k]` table per trip would not fit, while the domain
+/// can rebuild (and memoise, bounded) the few a batch reads.
+#[derive(Clone)]
+pub struct TokenFeatures(Arc<dyn Fn() -> Arc<Vec<f32>> + Send + Sync>);
+
+impl TokenFeatures {
+    /// A fixed table.
+    pub fn table(values: Vec<f32>) -> Self {
+        Self::shared(Arc::new(values))
+    }
+
+    /// A fixed table shared with other requests.
+    pub fn shared(values: Arc<Vec<f32>>) -> Self {
+        Self(Arc::new(move || values.clone()))
+    }
+
+    /// A table computed by `f` each time it is read.
+    pub fn lazy(f: impl Fn() -> Arc<Vec<f32>> + Send + Sync + 'static) -> Self {
+        Self(Arc::new(f))
+    }
+
+    /// The table.
+    pub fn get(&self) -> Arc<Vec<f32>> {
+        (self.0)()
+    }
+}
+
+impl std::fmt::Debug for TokenFeatures {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "TokenFeatures({} values)", self.get().len())
+    }
+}
+
+impl PartialEq for TokenFeatures {
+    fn eq(&self, other: &Self) -> bool {
+        self.get() == other.get()
     }
 }
 
@@ -58,7 +99,7 @@ pub struct Conditioning {
     /// requests that ask the same thing (e.g. trips to one destination). Not serialised: the
     /// domain recomputes it from the request.
     #[serde(skip)]
-    pub token_features: Option<Arc<Vec<f32>>>,
+    pub token_features: Option<TokenFeatures>,
 }
 
 impl Condition for Conditioning {
@@ -68,8 +109,8 @@ impl Condition for Conditioning {
     fn prompt(&self) -> &[u32] {
         &self.prompt
     }
-    fn token_features(&self) -> Option<&[f32]> {
-        self.token_features.as_deref().map(Vec::as_slice)
+    fn token_features(&self) -> Option<Arc<Vec<f32>>> {
+        self.token_features.as_ref().map(TokenFeatures::get)
     }
 }
 

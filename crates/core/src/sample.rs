@@ -892,14 +892,14 @@ fn row_blocks(seqs: &[Vec<u32>], rows: usize, from: usize, len: usize) -> Vec<Ve
 /// The `[rows, vocab, k]` request-feature tensor of a batch (`None` when the model has no
 /// request features). Rows past the requests (CFG's unconditional copies) and requests without
 /// a table get zero rows, the null condition of training. Errors name the request.
-pub(crate) fn request_feature_tensor<'a, B: Backend>(
-    tables: impl Iterator<Item = Option<&'a [f32]>>,
+pub(crate) fn request_feature_tensor<B: Backend>(
+    tables: impl Iterator<Item = Option<std::sync::Arc<Vec<f32>>>>,
     rows: usize,
     model_cfg: &BlockDiffusionConfig,
     device: &B::Device,
 ) -> Result<Option<Tensor<B, 3>>, (usize, String)> {
     let k = model_cfg.request_feature_dim;
-    let tables: Vec<Option<&[f32]>> = tables.collect();
+    let tables: Vec<Option<std::sync::Arc<Vec<f32>>>> = tables.collect();
     for (i, t) in tables.iter().enumerate() {
         if let Some(t) = t {
             crate::condition::check_request_features(t, model_cfg).map_err(|m| (i, m))?;

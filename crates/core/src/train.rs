@@ -225,7 +225,7 @@ pub fn check_data(
             )));
         }
         if let Some(t) = &ex.condition.token_features {
-            crate::condition::check_request_features(t, model_cfg).map_err(err)?;
+            crate::condition::check_request_features(&t.get(), model_cfg).map_err(err)?;
         }
         match (&ex.condition.vectors, cond_width) {
             (None, 0) => {}
@@ -493,7 +493,9 @@ pub fn batch_from_states<B: Backend>(
             if d > 0.0 {
                 None
             } else {
-                c.token_features.as_deref().map(Vec::as_slice)
+                c.token_features
+                    .as_ref()
+                    .map(crate::condition::TokenFeatures::get)
             }
         }),
         n,

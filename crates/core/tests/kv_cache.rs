@@ -31,7 +31,8 @@ fn check(batch: usize, block: usize, policy: CommitPolicy, with_cond: bool) {
                 .map(|j| 4 + ((i * 7 + j * 3) % 20) as u32)
                 .collect(),
             vectors: with_cond.then(|| (0..10).map(|k| ((i + k) as f32 * 0.37).sin()).collect()),
-            token_features: with_cond.then(|| std::sync::Arc::new(table(i))),
+            token_features: with_cond
+                .then(|| blockdiff_core::condition::TokenFeatures::table(table(i))),
         })
         .collect();
     let scfg = SamplerConfig {

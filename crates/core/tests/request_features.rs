@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use blockdiff_core::burn::prelude::*;
-use blockdiff_core::condition::{Conditioning, Example};
+use blockdiff_core::condition::{Conditioning, Example, TokenFeatures};
 use blockdiff_core::constraint::Unconstrained;
 use blockdiff_core::error::{SampleError, TrainError};
 use blockdiff_core::model::{BlockDiffusionConfig, ForwardInput};
@@ -88,11 +88,11 @@ fn bad_tables_are_typed_errors_naming_the_request() {
     for (bad, needle) in [(vec![0.5f32; VOCAB * K - 1], "values"), (nan, "NaN")] {
         let requests = vec![
             Conditioning {
-                token_features: Some(good.clone()),
+                token_features: Some(TokenFeatures::shared(good.clone())),
                 ..Default::default()
             },
             Conditioning {
-                token_features: Some(Arc::new(bad.clone())),
+                token_features: Some(TokenFeatures::table(bad.clone())),
                 ..Default::default()
             },
         ];
@@ -106,14 +106,14 @@ fn bad_tables_are_typed_errors_naming_the_request() {
             Example {
                 tokens: vec![5, 6, 7],
                 condition: Conditioning {
-                    token_features: Some(good.clone()),
+                    token_features: Some(TokenFeatures::shared(good.clone())),
                     ..Default::default()
                 },
             },
             Example {
                 tokens: vec![5, 6, 7],
                 condition: Conditioning {
-                    token_features: Some(Arc::new(bad)),
+                    token_features: Some(TokenFeatures::lazy(move || Arc::new(bad.clone()))),
                     ..Default::default()
                 },
             },
@@ -129,7 +129,7 @@ fn bad_tables_are_typed_errors_naming_the_request() {
     let plain_cfg = config(0);
     let plain = plain_cfg.init::<B>(&device);
     let requests = vec![Conditioning {
-        token_features: Some(good),
+        token_features: Some(TokenFeatures::shared(good)),
         ..Default::default()
     }];
     assert!(matches!(
@@ -143,4 +143,47 @@ fn bad_tables_are_typed_errors_naming_the_request() {
         ),
         Err(SampleError::Request { index: 0, .. })
     ));
+}
+
+/// A lazily computed table samples exactly like the same table given outright, and is read
+/// when the sampler builds its batch (not only at construction).
+#[test]
+fn lazy_tables_sample_like_given_ones() {
+    let device = Default::default();
+    let cfg = config(K);
+    let model = cfg.init::<B>(&device);
+    let scfg = SamplerConfig {
+        block_size: 4,
+        max_len: 12,
+        seed: 5,
+        ..SamplerConfig::default()
+    };
+    let table = |i: usize| -> Vec<f32> {
+        (0..VOCAB * K)
+            .map(|j| ((i * 11 + j) as f32 * 0.29).sin())
+            .collect()
+    };
+    let reads = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let given: Vec<Conditioning> = (0..3)
+        .map(|i| Conditioning {
+            token_features: Some(TokenFeatures::table(table(i))),
+            ..Default::default()
+        })
+        .collect();
+    let lazy: Vec<Conditioning> = (0..3)
+        .map(|i| {
+            let reads = reads.clone();
+            Conditioning {
+                token_features: Some(TokenFeatures::lazy(move || {
+                    reads.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    Arc::new(table(i))
+                })),
+                ..Default::default()
+            }
+        })
+        .collect();
+    let a = sample(&model, &cfg, &given, &Unconstrained, &scfg, &device).unwrap();
+    let b = sample(&model, &cfg, &lazy, &Unconstrained, &scfg, &device).unwrap();
+    assert_eq!(a.sequences, b.sequences);
+    assert!(reads.load(std::sync::atomic::Ordering::Relaxed) >= 3);
 }

@@ -6,7 +6,7 @@ use std::path::Path;
 use blockdiff_core::burn::module::AutodiffModule;
 use blockdiff_core::burn::prelude::*;
 use blockdiff_core::checkpoint::{self, read_json};
-use blockdiff_core::condition::{Conditioning, Example};
+use blockdiff_core::condition::{Conditioning, Example, TokenFeatures};
 use blockdiff_core::model::{BlockDiffusionConfig, BlockDiffusionModel};
 use blockdiff_core::sample::{sample_with_ids, SampleStats, SamplerConfig};
 use blockdiff_core::tokenizer::Tokenizer;
@@ -159,7 +159,9 @@ pub fn train_model(
                     .decode(&e.condition.prompt[1..2])
                     .ok()
                     .and_then(|r| r.first().copied());
-                e.condition.token_features = d.map(|d| f.table(d));
+                // Lazy: the table is rebuilt (memoised, bounded) when a batch reads it, so the
+                // training set holds no per-trip table.
+                e.condition.token_features = d.map(|d| DestinationFeatures::lazy(f, d));
             }
         }
         ex
@@ -398,7 +400,10 @@ impl<B: Backend> TrajModel<B> {
             .map(|r| Conditioning {
                 prompt: self.tokenizer.prompt(r),
                 vectors: None,
-                token_features: self.dest_features.as_ref().map(|f| f.table(r.destination)),
+                token_features: self
+                    .dest_features
+                    .as_ref()
+                    .map(|f| TokenFeatures::shared(f.table(r.destination))),
             })
             .collect();
         let res = sample_with_ids(

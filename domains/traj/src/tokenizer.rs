@@ -258,6 +258,12 @@ impl DestinationFeatures {
         }
     }
 
+    /// The table of trips to `dest`, computed when read ([`Self::table`]).
+    pub fn lazy(this: &Arc<Self>, dest: usize) -> blockdiff_core::condition::TokenFeatures {
+        let this = this.clone();
+        blockdiff_core::condition::TokenFeatures::lazy(move || this.table(dest))
+    }
+
     /// The `[vocab × DEST_FEATURE_DIM]` table of trips to segment `dest`.
     pub fn table(&self, dest: usize) -> Arc<Vec<f32>> {
         let mut memo = self.tables.lock().unwrap_or_else(|e| e.into_inner());
