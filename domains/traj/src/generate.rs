@@ -142,31 +142,28 @@ pub fn train_model(
     net.check_routes(&train.iter().map(|t| t.route.clone()).collect::<Vec<_>>())?;
     let tok = SegmentTokenizer::new(net.len());
     let seq_len = seq_len_for(train);
+    let dest = cfg
+        .dest_features
+        .then(|| std::sync::Arc::new(DestinationFeatures::new(net, &tok)));
     let to_examples = |trips: &[Trip]| -> Result<Vec<Example>, TrajError> {
         trips
             .iter()
             .filter(|t| t.route.len() <= seq_len)
-            .map(|t| tok.example(t).map_err(|e| TrajError::Config(e.to_string())))
-            .collect()
-    };
-    let dest = cfg
-        .dest_features
-        .then(|| std::sync::Arc::new(DestinationFeatures::new(net, &tok)));
-    let with_dest = |mut ex: Vec<Example>| {
-        if let Some(f) = &dest {
-            for e in &mut ex {
-                let d = tok
-                    .decode(&e.condition.prompt[1..2])
-                    .ok()
-                    .and_then(|r| r.first().copied());
+            .map(|t| {
+                let mut ex = tok
+                    .example(t)
+                    .map_err(|e| TrajError::Config(e.to_string()))?;
                 // Lazy: the table is rebuilt (memoised, bounded) when a batch reads it, so the
                 // training set holds no per-trip table.
-                e.condition.token_features = d.map(|d| DestinationFeatures::lazy(f, d));
-            }
-        }
-        ex
+                ex.condition.token_features = dest
+                    .as_ref()
+                    .zip(t.destination())
+                    .map(|(f, d)| DestinationFeatures::lazy(f, d));
+                Ok(ex)
+            })
+            .collect()
     };
-    let (train_ex, val_ex) = (with_dest(to_examples(train)?), with_dest(to_examples(val)?));
+    let (train_ex, val_ex) = (to_examples(train)?, to_examples(val)?);
     let mcfg = BlockDiffusionConfig::new(tok.vocab().size())
         .with_d_model(cfg.d_model)
         .with_n_layers(cfg.n_layers)
