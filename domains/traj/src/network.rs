@@ -501,6 +501,14 @@ impl RoadNetwork {
         pts
     }
 
+    /// Every segment's centroid in metres east/north of the network's centre.
+    pub fn centroids_xy(&self) -> Vec<[f64; 2]> {
+        self.segments
+            .iter()
+            .map(|s| self.projection.to_xy(s.centroid()))
+            .collect()
+    }
+
     /// Route length in metres.
     pub fn route_length_m(&self, route: &[usize]) -> f64 {
         route

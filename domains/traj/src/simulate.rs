@@ -264,11 +264,7 @@ pub fn simulate(net: &RoadNetwork, cfg: &SimConfig) -> Result<SimulatedTrips, Tr
     }
     let mut rng = StdRng::seed_from_u64(cfg.seed);
     let n = net.len();
-    let centroids: Vec<[f64; 2]> = net
-        .segments
-        .iter()
-        .map(|s| net.projection.to_xy(s.centroid()))
-        .collect();
+    let centroids = net.centroids_xy();
     let r2 = cfg.density_radius_m.powi(2);
     let attraction: Vec<f64> = (0..n)
         .map(|i| {

@@ -249,11 +249,7 @@ impl DestinationFeatures {
             constraint: TopologyConstraint::new(net, tok, None),
             vocab_size: tok.vocab().size(),
             regular_offset: tok.vocab().regular_id(0) as usize,
-            centroids: net
-                .segments
-                .iter()
-                .map(|s| net.projection.to_xy(s.centroid()))
-                .collect(),
+            centroids: net.centroids_xy(),
             tables: Default::default(),
         }
     }
