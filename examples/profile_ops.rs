@@ -51,6 +51,9 @@ fn main() {
     time("softmax [32,4,128,128]", || {
         let _ = softmax(s.clone(), 3).into_data();
     });
+    time("kernels::softmax [32,4,128,128]", || {
+        let _ = blockdiff_kernels::softmax(s.clone(), 3).into_data();
+    });
     time("p @ v [32,4,128,128]x[..,128,32]", || {
         let _ = s.clone().matmul(k.clone()).into_data();
     });
@@ -60,6 +63,9 @@ fn main() {
     });
     time("silu [4096,344]", || {
         let _ = silu(h.clone()).into_data();
+    });
+    time("kernels::silu [4096,344]", || {
+        let _ = blockdiff_kernels::silu(h.clone()).into_data();
     });
     time("swap_dims(1,2) reshape [32,128,4,32]", || {
         let _ = q

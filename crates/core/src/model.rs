@@ -10,7 +10,9 @@
 use burn::module::{Module, Param};
 use burn::nn::{Embedding, EmbeddingConfig, Linear, LinearConfig, RmsNorm, RmsNormConfig};
 use burn::prelude::*;
-use burn::tensor::activation::{silu, softmax};
+// Fused on the CPU backends (`blockdiff-kernels`: one pass, vectorised exp), burn's own ops
+// elsewhere: SiLU and the attention softmax were 11–14% of a training step in scalar `expf`.
+use blockdiff_kernels::{merge_heads, silu, softmax, split_heads};
 
 use crate::cache::{KvCache, LayerKv};
 
@@ -336,10 +338,12 @@ impl<B: Backend> Rope<B> {
     /// `x` holds the rows `first..first + n` of the positions the tables were built for.
     fn apply(&self, x: Tensor<B, 3>, first: usize) -> Tensor<B, 3> {
         let [b, n, d] = x.dims();
+        // Batched 3-D (one matrix per sample): flex runs a large 2-D matmul through gemm's
+        // own threading, ~3× slower here than splitting the batch across threads.
         let rotated = x
             .clone()
-            .reshape([b * n * d / self.head_dim, self.head_dim])
-            .matmul(self.rotate.clone())
+            .reshape([b, n * d / self.head_dim, self.head_dim])
+            .matmul(self.rotate.clone().unsqueeze::<3>())
             .reshape([b, n * d]);
         let table = |t: &Tensor<B, 2>| t.clone().narrow(1, first * d, n * d);
         let out = x.reshape([b, n * d]) * table(&self.cos) + rotated * table(&self.sin);
@@ -495,26 +499,28 @@ impl<B: Backend> TransformerBlock<B> {
             t.reshape([batch, m, n_heads, dh])
         };
         let head_major = |t: Tensor<B, 4>| t.swap_dims(1, 2);
-        let q = head_major(heads(rope.apply(self.wq.forward(h_q), first)));
-        let k = heads(rope.apply(self.wk.forward(h.clone()), 0));
-        let v = heads(self.wv.forward(h));
+        let q = split_heads(rope.apply(self.wq.forward(h_q), first), n_heads);
+        let k = rope.apply(self.wk.forward(h.clone()), 0);
+        let v = self.wv.forward(h);
         let own = LayerKv {
-            k: k.clone(),
-            v: v.clone(),
+            k: heads(k.clone()),
+            v: heads(v.clone()),
         };
         let a = match flash {
-            LayerFlash::Reuse(ext) => {
-                merge_attention(ext, &attention_part(q, head_major(k), head_major(v)))
-            }
+            LayerFlash::Reuse(ext) => merge_attention(
+                ext,
+                &attention_part(q, head_major(own.k.clone()), head_major(own.v.clone())),
+            ),
             flash => {
                 let (k_all, v_all) = match past {
                     Some(p) => (
-                        Tensor::cat(vec![p.k.clone(), k], 1),
-                        Tensor::cat(vec![p.v.clone(), v], 1),
+                        head_major(Tensor::cat(vec![p.k.clone(), own.k.clone()], 1)),
+                        head_major(Tensor::cat(vec![p.v.clone(), own.v.clone()], 1)),
                     ),
-                    None => (k, v),
+                    // Training's path: contiguous heads with a fused backward (see
+                    // `blockdiff_kernels::split_heads`); a strided view on inference backends.
+                    None => (split_heads(k, n_heads), split_heads(v, n_heads)),
                 };
-                let (k_all, v_all) = (head_major(k_all), head_major(v_all));
                 match flash {
                     LayerFlash::Record { block, out } => {
                         record_external(q, k_all, v_all, bias, block, out)
@@ -523,7 +529,7 @@ impl<B: Backend> TransformerBlock<B> {
                 }
             }
         };
-        let a = a.swap_dims(1, 2).reshape([batch, nq, d]);
+        let a = merge_heads(a);
         let x = x + self.wo.forward(a);
         let h = self.mlp_norm.forward(x.clone());
         let m = self

@@ -1,0 +1,310 @@
+//! The kernels as burn ops, for any backend: fused on `Flex` and `Autodiff<Flex>`, burn's
+//! own composed ops elsewhere.
+//!
+//! Dispatch is by type: a generic `Tensor<B, D>` is checked against the two CPU tensor types
+//! with `Any` (safe downcasting, one small allocation per call), so model code stays generic
+//! over `B: Backend` and needs no extra trait bound.
+
+use std::any::Any;
+
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{unary, Backward, Ops, OpsKind};
+use burn::backend::{Autodiff, Flex};
+use burn::prelude::*;
+use burn::tensor::{activation, DType, TensorPrimitive};
+use burn_flex::FlexTensor;
+
+use crate::cpu;
+
+type FlexAd = Autodiff<Flex>;
+type AdPrimitive = burn::tensor::ops::FloatTensor<FlexAd>;
+
+/// `a` as a `T` when `A` and `T` are the same type.
+fn same<A: 'static, T: 'static>(a: A) -> Result<T, A> {
+    let boxed: Box<dyn Any> = Box::new(a);
+    match boxed.downcast::<T>() {
+        Ok(t) => Ok(*t),
+        Err(boxed) => Err(*boxed.downcast::<A>().expect("the box holds an A")),
+    }
+}
+
+/// The input of a kernel: f32, contiguous (copied when it is a strided view).
+fn contiguous_f32(x: &FlexTensor) -> Option<FlexTensor> {
+    (x.dtype() == DType::F32).then(|| {
+        if x.as_slice::<f32>().is_some() {
+            x.clone()
+        } else {
+            x.to_contiguous()
+        }
+    })
+}
+
+fn slice(x: &FlexTensor) -> &[f32] {
+    x.as_slice::<f32>().expect("contiguous f32")
+}
+
+/// A new f32 tensor of `like`'s shape filled by `f`.
+fn fill_like(like: &FlexTensor, f: impl FnOnce(&mut [f32])) -> FlexTensor {
+    let mut out = FlexTensor::empty(like.layout().shape().clone(), DType::F32);
+    f(out.storage_mut::<f32>());
+    out
+}
+
+fn last_dim(x: &FlexTensor) -> usize {
+    let shape = x.layout().shape();
+    shape[shape.num_dims() - 1]
+}
+
+fn flex_silu(x: &FlexTensor) -> FlexTensor {
+    fill_like(x, |o| cpu::silu_forward(slice(x), o))
+}
+
+fn flex_softmax(x: &FlexTensor) -> FlexTensor {
+    fill_like(x, |o| cpu::softmax_forward(slice(x), o, last_dim(x)))
+}
+
+/// SiLU's backward keeps the (contiguous) input.
+#[derive(Debug)]
+struct SiluBackward;
+
+impl Backward<Flex, 1> for SiluBackward {
+    type State = FlexTensor;
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let x = ops.state;
+        unary::<Flex, _>(ops.parents, ops.node, grads, |g: FlexTensor| {
+            let g = contiguous_f32(&g).expect("f32 gradient");
+            fill_like(&x, |o| cpu::silu_backward(slice(&x), slice(&g), o))
+        });
+    }
+}
+
+/// Softmax's backward keeps the output.
+#[derive(Debug)]
+struct SoftmaxBackward;
+
+impl Backward<Flex, 1> for SoftmaxBackward {
+    type State = FlexTensor;
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let y = ops.state;
+        unary::<Flex, _>(ops.parents, ops.node, grads, |g: FlexTensor| {
+            let g = contiguous_f32(&g).expect("f32 gradient");
+            fill_like(&y, |o| {
+                cpu::softmax_backward(slice(&y), slice(&g), o, last_dim(&y))
+            })
+        });
+    }
+}
+
+fn ad_silu(x: AdPrimitive) -> Result<AdPrimitive, AdPrimitive> {
+    let Some(input) = contiguous_f32(&x.primitive) else {
+        return Err(x);
+    };
+    let out = flex_silu(&input);
+    Ok(
+        match SiluBackward
+            .prepare::<NoCheckpointing>([x.node.clone()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => prep.finish(input, out),
+            OpsKind::UnTracked(prep) => prep.finish(out),
+        },
+    )
+}
+
+fn ad_softmax(x: AdPrimitive) -> Result<AdPrimitive, AdPrimitive> {
+    let Some(input) = contiguous_f32(&x.primitive) else {
+        return Err(x);
+    };
+    let out = flex_softmax(&input);
+    Ok(
+        match SoftmaxBackward
+            .prepare::<NoCheckpointing>([x.node.clone()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => prep.finish(out.clone(), out),
+            OpsKind::UnTracked(prep) => prep.finish(out),
+        },
+    )
+}
+
+/// False when `BLOCKDIFF_KERNELS=0` (or `off`) is set: every op then runs burn's own
+/// composition, for A/B timing and for ruling the kernels out when debugging numerics.
+pub fn enabled() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| {
+        !matches!(
+            std::env::var("BLOCKDIFF_KERNELS").as_deref(),
+            Ok("0") | Ok("off") | Ok("false")
+        )
+    })
+}
+
+/// Runs `flex` on a `Flex` tensor or `ad` on an `Autodiff<Flex>` one; the input is given
+/// back (`Err`) for other backends, other dtypes, a `None` kernel, or with kernels off.
+fn dispatch<B: Backend, const DI: usize, const DO: usize>(
+    x: Tensor<B, DI>,
+    flex: Option<&dyn Fn(&FlexTensor) -> FlexTensor>,
+    ad: &dyn Fn(AdPrimitive) -> Result<AdPrimitive, AdPrimitive>,
+) -> Result<Tensor<B, DO>, Tensor<B, DI>> {
+    if !enabled() {
+        return Err(x);
+    }
+    let x = match same::<_, Tensor<Flex, DI>>(x) {
+        Ok(t) => {
+            let give_back = |t: Tensor<Flex, DI>| same(t).ok().expect("B is Flex");
+            let Some(flex) = flex else {
+                return Err(give_back(t));
+            };
+            let p = t.into_primitive().tensor();
+            return match contiguous_f32(&p) {
+                Some(c) => {
+                    let y = Tensor::<Flex, DO>::from_primitive(TensorPrimitive::Float(flex(&c)));
+                    Ok(same(y).ok().expect("B is Flex"))
+                }
+                None => Err(give_back(Tensor::from_primitive(TensorPrimitive::Float(p)))),
+            };
+        }
+        Err(x) => x,
+    };
+    match same::<_, Tensor<FlexAd, DI>>(x) {
+        Ok(t) => match ad(t.into_primitive().tensor()) {
+            Ok(p) => {
+                let y = Tensor::<FlexAd, DO>::from_primitive(TensorPrimitive::Float(p));
+                Ok(same(y).ok().expect("B is Autodiff<Flex>"))
+            }
+            Err(p) => {
+                let t = Tensor::<FlexAd, DI>::from_primitive(TensorPrimitive::Float(p));
+                Err(same(t).ok().expect("B is Autodiff<Flex>"))
+            }
+        },
+        Err(x) => Err(x),
+    }
+}
+
+/// A new f32 tensor of shape `dims`, filled by `f`.
+fn fill_shape(dims: Vec<usize>, f: impl FnOnce(&mut [f32])) -> FlexTensor {
+    let mut out = FlexTensor::empty(burn::tensor::Shape::from(dims), DType::F32);
+    f(out.storage_mut::<f32>());
+    out
+}
+
+fn split_flex(x: &FlexTensor, [b, n, h, dh]: [usize; 4]) -> FlexTensor {
+    fill_shape(vec![b, h, n, dh], |o| {
+        cpu::split_heads(slice(x), o, b, n, h, dh)
+    })
+}
+
+fn merge_flex(x: &FlexTensor, [b, n, h, dh]: [usize; 4]) -> FlexTensor {
+    fill_shape(vec![b, n, h * dh], |o| {
+        cpu::merge_heads(slice(x), o, b, n, h, dh)
+    })
+}
+
+/// Splitting heads; its backward merges the gradient back.
+#[derive(Debug)]
+struct SplitHeadsBackward;
+
+impl Backward<Flex, 1> for SplitHeadsBackward {
+    type State = [usize; 4];
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let dims = ops.state;
+        unary::<Flex, _>(ops.parents, ops.node, grads, |g: FlexTensor| {
+            merge_flex(&contiguous_f32(&g).expect("f32 gradient"), dims)
+        });
+    }
+}
+
+/// Merging heads; its backward splits the gradient.
+#[derive(Debug)]
+struct MergeHeadsBackward;
+
+impl Backward<Flex, 1> for MergeHeadsBackward {
+    type State = [usize; 4];
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let dims = ops.state;
+        unary::<Flex, _>(ops.parents, ops.node, grads, |g: FlexTensor| {
+            split_flex(&contiguous_f32(&g).expect("f32 gradient"), dims)
+        });
+    }
+}
+
+/// `[b, n, h·dh] → [b, h, n, dh]` (attention's head-major layout). On `Flex` this is the
+/// zero-copy strided view (the matmuls read strides as they are, and inference then keeps no
+/// copy); on `Autodiff<Flex>` a contiguous copy whose backward merges rows back in one pass —
+/// burn's view makes the backward re-materialise each gradient through a per-element strided
+/// copy (three per layer and step). Elsewhere: reshape + swap.
+pub fn split_heads<B: Backend>(x: Tensor<B, 3>, heads: usize) -> Tensor<B, 4> {
+    let [b, n, d] = x.dims();
+    assert!(
+        heads > 0 && d % heads == 0,
+        "split_heads: {d} is not {heads} heads"
+    );
+    let dims = [b, n, heads, d / heads];
+    let ad = |x: AdPrimitive| {
+        let Some(input) = contiguous_f32(&x.primitive) else {
+            return Err(x);
+        };
+        let out = split_flex(&input, dims);
+        Ok(
+            match SplitHeadsBackward
+                .prepare::<NoCheckpointing>([x.node.clone()])
+                .compute_bound()
+                .stateful()
+            {
+                OpsKind::Tracked(prep) => prep.finish(dims, out),
+                OpsKind::UnTracked(prep) => prep.finish(out),
+            },
+        )
+    };
+    dispatch::<B, 3, 4>(x, None, &ad)
+        .unwrap_or_else(|x| x.reshape([b, n, heads, d / heads]).swap_dims(1, 2))
+}
+
+/// `[b, h, n, dh] → [b, n, h·dh]` (attention output back to the model width), copied by
+/// whole rows on the CPU backends (burn's swap + reshape copies element by element).
+pub fn merge_heads<B: Backend>(x: Tensor<B, 4>) -> Tensor<B, 3> {
+    let [b, h, n, dh] = x.dims();
+    let dims = [b, n, h, dh];
+    let flex = move |x: &FlexTensor| merge_flex(x, dims);
+    let ad = |x: AdPrimitive| {
+        let Some(input) = contiguous_f32(&x.primitive) else {
+            return Err(x);
+        };
+        let out = merge_flex(&input, dims);
+        Ok(
+            match MergeHeadsBackward
+                .prepare::<NoCheckpointing>([x.node.clone()])
+                .compute_bound()
+                .stateful()
+            {
+                OpsKind::Tracked(prep) => prep.finish(dims, out),
+                OpsKind::UnTracked(prep) => prep.finish(out),
+            },
+        )
+    };
+    dispatch::<B, 4, 3>(x, Some(&flex), &ad)
+        .unwrap_or_else(|x| x.swap_dims(1, 2).reshape([b, n, h * dh]))
+}
+
+/// SiLU `x · σ(x)`: fused on the CPU backends, [`activation::silu`] elsewhere.
+pub fn silu<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
+    dispatch::<B, D, D>(x, Some(&flex_silu), &ad_silu).unwrap_or_else(activation::silu)
+}
+
+/// Softmax along `dim`: fused on the CPU backends when `dim` is the last one,
+/// [`activation::softmax`] otherwise.
+pub fn softmax<B: Backend, const D: usize>(x: Tensor<B, D>, dim: usize) -> Tensor<B, D> {
+    if dim + 1 != D {
+        return activation::softmax(x, dim);
+    }
+    dispatch::<B, D, D>(x, Some(&flex_softmax), &ad_softmax)
+        .unwrap_or_else(|x| activation::softmax(x, dim))
+}
