@@ -44,9 +44,14 @@ fn main() {
     let mut optim =
         AdamWConfig::new().init::<CpuTrainBackend, BlockDiffusionModel<CpuTrainBackend>>();
     let inner: BlockDiffusionModel<CpuBackend> = model.valid();
-    let n = 6;
+    // Iterations from argv (default 6); the first two warm the allocator and are not timed.
+    let n: usize = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(6);
+    let warm = 2;
     let (mut t_batch, mut t_inf, mut t_fwd, mut t_bwd, mut t_opt) = (0.0, 0.0, 0.0, 0.0, 0.0);
-    for _ in 0..n {
+    for it in 0..n + warm {
+        if it == warm {
+            (t_batch, t_inf, t_fwd, t_bwd, t_opt) = (0.0, 0.0, 0.0, 0.0, 0.0);
+        }
         let t = Instant::now();
         let batch = noise::<CpuTrainBackend>(&refs, &spec, &mut rng, &device);
         let b2 = noise::<CpuBackend>(&refs, &spec, &mut rng, &device);

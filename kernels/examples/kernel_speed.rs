@@ -54,6 +54,3 @@ fn main() {
         }
     });
 }
-
-#[allow(dead_code)]
-fn unused() {}
