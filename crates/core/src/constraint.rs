@@ -124,6 +124,9 @@ impl<C: Constraint> Constraint for TemplateConstraint<C> {
     }
 }
 
+/// Memory the hop-distance tables of [`SuccessorConstraint::hops_to`] may hold.
+pub const HOP_CACHE_BYTES: usize = 256 << 20;
+
 /// Consecutive regular tokens must follow the edges of a directed graph over the regular
 /// tokens (a road network's segment successors, a Markov support...).
 ///
@@ -217,12 +220,25 @@ impl SuccessorConstraint {
         let h = std::sync::Arc::new(self.compute_hops(target));
         if let Ok(mut m) = self.hops.write() {
             // Bounded: one table per destination in use; clear rather than grow without limit.
-            if m.len() > 4096 {
+            if m.len() >= self.hop_cache_tables() {
                 m.clear();
             }
             m.insert(target, h.clone());
         }
         h
+    }
+
+    /// How many hop tables [`Self::hops_to`] keeps: as many as fit in [`HOP_CACHE_BYTES`]
+    /// (a table is one `usize` per node), at least 16 and at most 4,096. A 40,000-segment city
+    /// keeps 838 tables (256 MiB) instead of 4,096 (1.3 GB).
+    pub fn hop_cache_tables(&self) -> usize {
+        let table = self.succ.len().max(1) * std::mem::size_of::<usize>();
+        (HOP_CACHE_BYTES / table).clamp(16, 4096)
+    }
+
+    #[cfg(test)]
+    fn hop_cache_len(&self) -> usize {
+        self.hops.read().map_or(0, |m| m.len())
     }
 
     fn compute_hops(&self, target: usize) -> Vec<usize> {
@@ -420,6 +436,32 @@ impl Constraint for SuccessorConstraint {
                 Some(n) => ok[n],
                 None => end_ok && t == EOS,
             };
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tokenizer::Vocab;
+
+    #[test]
+    fn hop_cache_stays_within_its_byte_bound() {
+        // A ring big enough that the bound allows fewer tables than targets queried.
+        let n = HOP_CACHE_BYTES / std::mem::size_of::<usize>() / 20;
+        let succ: Vec<Vec<u32>> = (0..n).map(|i| vec![((i + 1) % n) as u32]).collect();
+        let c = SuccessorConstraint::new(&Vocab::new(Vec::new(), n), succ, false);
+        let limit = c.hop_cache_tables();
+        assert!((16..=4096).contains(&limit) && limit < 40, "limit {limit}");
+        for t in 0..limit + 5 {
+            let h = c.hops_to(t);
+            assert_eq!(h[t], 0);
+            assert_eq!(
+                h[(t + 1) % n],
+                n - 1,
+                "one step past the target is a full lap away"
+            );
+            assert!(c.hop_cache_len() <= limit);
         }
     }
 }
