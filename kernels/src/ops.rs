@@ -65,72 +65,92 @@ fn flex_softmax(x: &FlexTensor) -> FlexTensor {
     fill_like(x, |o| cpu::softmax_forward(slice(x), o, last_dim(x)))
 }
 
-/// SiLU's backward keeps the (contiguous) input.
-#[derive(Debug)]
-struct SiluBackward;
+/// What a fused op's backward keeps from its forward.
+#[derive(Clone, Copy, Debug)]
+enum Keep {
+    Input,
+    Output,
+    Nothing,
+}
 
-impl Backward<Flex, 1> for SiluBackward {
-    type State = FlexTensor;
+/// A fused op's backward: the gradient from what was kept, the incoming (contiguous) gradient
+/// and the op's dimensions.
+type GradFn = fn(Option<&FlexTensor>, &FlexTensor, [usize; 4]) -> FlexTensor;
+
+/// One custom autodiff op for every kernel: forward computed by the caller, backward by `grad`.
+#[derive(Debug)]
+struct Fused {
+    grad: GradFn,
+}
+
+impl Backward<Flex, 1> for Fused {
+    type State = (Option<FlexTensor>, [usize; 4]);
 
     fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let x = ops.state;
+        let (kept, dims) = ops.state;
+        let grad = self.grad;
         unary::<Flex, _>(ops.parents, ops.node, grads, |g: FlexTensor| {
-            let g = contiguous_f32(&g).expect("f32 gradient");
-            fill_like(&x, |o| cpu::silu_backward(slice(&x), slice(&g), o))
+            grad(
+                kept.as_ref(),
+                &contiguous_f32(&g).expect("f32 gradient"),
+                dims,
+            )
         });
     }
 }
 
-/// Softmax's backward keeps the output.
-#[derive(Debug)]
-struct SoftmaxBackward;
-
-impl Backward<Flex, 1> for SoftmaxBackward {
-    type State = FlexTensor;
-
-    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let y = ops.state;
-        unary::<Flex, _>(ops.parents, ops.node, grads, |g: FlexTensor| {
-            let g = contiguous_f32(&g).expect("f32 gradient");
-            fill_like(&y, |o| {
-                cpu::softmax_backward(slice(&y), slice(&g), o, last_dim(&y))
-            })
-        });
-    }
+/// Runs `forward` on an `Autodiff<Flex>` tensor as a tracked op with backward `grad`; the
+/// input comes back (`Err`) when it is not f32.
+fn fused_ad(
+    x: AdPrimitive,
+    forward: &dyn Fn(&FlexTensor) -> FlexTensor,
+    keep: Keep,
+    dims: [usize; 4],
+    grad: GradFn,
+) -> Result<AdPrimitive, AdPrimitive> {
+    let Some(input) = contiguous_f32(&x.primitive) else {
+        return Err(x);
+    };
+    let out = forward(&input);
+    Ok(
+        match (Fused { grad })
+            .prepare::<NoCheckpointing>([x.node.clone()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let kept = match keep {
+                    Keep::Input => Some(input),
+                    Keep::Output => Some(out.clone()),
+                    Keep::Nothing => None,
+                };
+                prep.finish((kept, dims), out)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(out),
+        },
+    )
 }
 
+fn kept(k: Option<&FlexTensor>) -> &FlexTensor {
+    k.expect("the op kept a tensor")
+}
+
+/// SiLU: the backward keeps the input.
 fn ad_silu(x: AdPrimitive) -> Result<AdPrimitive, AdPrimitive> {
-    let Some(input) = contiguous_f32(&x.primitive) else {
-        return Err(x);
-    };
-    let out = flex_silu(&input);
-    Ok(
-        match SiluBackward
-            .prepare::<NoCheckpointing>([x.node.clone()])
-            .compute_bound()
-            .stateful()
-        {
-            OpsKind::Tracked(prep) => prep.finish(input, out),
-            OpsKind::UnTracked(prep) => prep.finish(out),
-        },
-    )
+    fused_ad(x, &flex_silu, Keep::Input, [0; 4], |x, g, _| {
+        let x = kept(x);
+        fill_like(x, |o| cpu::silu_backward(slice(x), slice(g), o))
+    })
 }
 
+/// Softmax: the backward keeps the output.
 fn ad_softmax(x: AdPrimitive) -> Result<AdPrimitive, AdPrimitive> {
-    let Some(input) = contiguous_f32(&x.primitive) else {
-        return Err(x);
-    };
-    let out = flex_softmax(&input);
-    Ok(
-        match SoftmaxBackward
-            .prepare::<NoCheckpointing>([x.node.clone()])
-            .compute_bound()
-            .stateful()
-        {
-            OpsKind::Tracked(prep) => prep.finish(out.clone(), out),
-            OpsKind::UnTracked(prep) => prep.finish(out),
-        },
-    )
+    fused_ad(x, &flex_softmax, Keep::Output, [0; 4], |y, g, _| {
+        let y = kept(y);
+        fill_like(y, |o| {
+            cpu::softmax_backward(slice(y), slice(g), o, last_dim(y))
+        })
+    })
 }
 
 /// False when `BLOCKDIFF_KERNELS=0` (or `off`) is set: every op then runs burn's own
@@ -206,36 +226,6 @@ fn merge_flex(x: &FlexTensor, [b, n, h, dh]: [usize; 4]) -> FlexTensor {
     })
 }
 
-/// Splitting heads; its backward merges the gradient back.
-#[derive(Debug)]
-struct SplitHeadsBackward;
-
-impl Backward<Flex, 1> for SplitHeadsBackward {
-    type State = [usize; 4];
-
-    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let dims = ops.state;
-        unary::<Flex, _>(ops.parents, ops.node, grads, |g: FlexTensor| {
-            merge_flex(&contiguous_f32(&g).expect("f32 gradient"), dims)
-        });
-    }
-}
-
-/// Merging heads; its backward splits the gradient.
-#[derive(Debug)]
-struct MergeHeadsBackward;
-
-impl Backward<Flex, 1> for MergeHeadsBackward {
-    type State = [usize; 4];
-
-    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let dims = ops.state;
-        unary::<Flex, _>(ops.parents, ops.node, grads, |g: FlexTensor| {
-            split_flex(&contiguous_f32(&g).expect("f32 gradient"), dims)
-        });
-    }
-}
-
 /// `[b, n, h·dh] → [b, h, n, dh]` (attention's head-major layout). On `Flex` this is the
 /// zero-copy strided view (the matmuls read strides as they are, and inference then keeps no
 /// copy); on `Autodiff<Flex>` a contiguous copy whose backward merges rows back in one pass —
@@ -249,19 +239,12 @@ pub fn split_heads<B: Backend>(x: Tensor<B, 3>, heads: usize) -> Tensor<B, 4> {
     );
     let dims = [b, n, heads, d / heads];
     let ad = |x: AdPrimitive| {
-        let Some(input) = contiguous_f32(&x.primitive) else {
-            return Err(x);
-        };
-        let out = split_flex(&input, dims);
-        Ok(
-            match SplitHeadsBackward
-                .prepare::<NoCheckpointing>([x.node.clone()])
-                .compute_bound()
-                .stateful()
-            {
-                OpsKind::Tracked(prep) => prep.finish(dims, out),
-                OpsKind::UnTracked(prep) => prep.finish(out),
-            },
+        fused_ad(
+            x,
+            &|x| split_flex(x, dims),
+            Keep::Nothing,
+            dims,
+            |_, g, dims| merge_flex(g, dims),
         )
     };
     dispatch::<B, 3, 4>(x, None, &ad)
@@ -275,20 +258,9 @@ pub fn merge_heads<B: Backend>(x: Tensor<B, 4>) -> Tensor<B, 3> {
     let dims = [b, n, h, dh];
     let flex = move |x: &FlexTensor| merge_flex(x, dims);
     let ad = |x: AdPrimitive| {
-        let Some(input) = contiguous_f32(&x.primitive) else {
-            return Err(x);
-        };
-        let out = merge_flex(&input, dims);
-        Ok(
-            match MergeHeadsBackward
-                .prepare::<NoCheckpointing>([x.node.clone()])
-                .compute_bound()
-                .stateful()
-            {
-                OpsKind::Tracked(prep) => prep.finish(dims, out),
-                OpsKind::UnTracked(prep) => prep.finish(out),
-            },
-        )
+        fused_ad(x, &flex, Keep::Nothing, dims, |_, g, dims| {
+            split_flex(g, dims)
+        })
     };
     dispatch::<B, 4, 3>(x, Some(&flex), &ad)
         .unwrap_or_else(|x| x.swap_dims(1, 2).reshape([b, n, h * dh]))
