@@ -45,7 +45,10 @@ fn main() {
         AdamWConfig::new().init::<CpuTrainBackend, BlockDiffusionModel<CpuTrainBackend>>();
     let inner: BlockDiffusionModel<CpuBackend> = model.valid();
     // Iterations from argv (default 6); the first two warm the allocator and are not timed.
-    let n: usize = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(6);
+    let n: usize = std::env::args()
+        .nth(1)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(6);
     let warm = 2;
     let (mut t_batch, mut t_inf, mut t_fwd, mut t_bwd, mut t_opt) = (0.0, 0.0, 0.0, 0.0, 0.0);
     for it in 0..n + warm {
