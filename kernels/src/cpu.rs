@@ -195,16 +195,22 @@ fn piece(len: usize, align: usize) -> usize {
     per.div_ceil(align) * align
 }
 
+/// Runs `f(start, piece)` over `out`: on the calling thread when it is small, else in pieces
+/// of a multiple of `align` elements across rayon's threads (`start` = the piece's offset).
+fn for_pieces(out: &mut [f32], align: usize, f: impl Fn(usize, &mut [f32]) + Sync) {
+    if out.len() < PARALLEL_MIN {
+        return f(0, out);
+    }
+    let p = piece(out.len(), align);
+    out.par_chunks_mut(p)
+        .enumerate()
+        .for_each(|(i, o)| f(i * p, o));
+}
+
 /// `out = x · σ(x)`.
 pub fn silu_forward(x: &[f32], out: &mut [f32]) {
     assert_eq!(x.len(), out.len(), "silu: lengths differ");
-    if x.len() < PARALLEL_MIN {
-        return silu_mv(x, out);
-    }
-    let p = piece(x.len(), LANES);
-    out.par_chunks_mut(p)
-        .zip(x.par_chunks(p))
-        .for_each(|(o, x)| silu_mv(x, o));
+    for_pieces(out, LANES, |s, o| silu_mv(&x[s..s + o.len()], o));
 }
 
 /// `out = g · dSiLU/dx = g · σ(x) · (1 + x (1 − σ(x)))`.
@@ -213,13 +219,10 @@ pub fn silu_backward(x: &[f32], grad: &[f32], out: &mut [f32]) {
         x.len() == grad.len() && x.len() == out.len(),
         "silu backward: lengths differ"
     );
-    if x.len() < PARALLEL_MIN {
-        return silu_backward_mv(x, grad, out);
-    }
-    let p = piece(x.len(), LANES);
-    out.par_chunks_mut(p)
-        .zip(x.par_chunks(p).zip(grad.par_chunks(p)))
-        .for_each(|(o, (x, g))| silu_backward_mv(x, g, o));
+    for_pieces(out, LANES, |s, o| {
+        let e = s + o.len();
+        silu_backward_mv(&x[s..e], &grad[s..e], o)
+    });
 }
 
 /// Softmax of each `row_len`-long row of `x`.
@@ -229,13 +232,9 @@ pub fn softmax_forward(x: &[f32], out: &mut [f32], row_len: usize) {
         "softmax: {} elements are not rows of {row_len}",
         x.len()
     );
-    if x.len() < PARALLEL_MIN {
-        return softmax_mv(x, out, row_len);
-    }
-    let p = piece(x.len(), row_len);
-    out.par_chunks_mut(p)
-        .zip(x.par_chunks(p))
-        .for_each(|(o, x)| softmax_mv(x, o, row_len));
+    for_pieces(out, row_len, |s, o| {
+        softmax_mv(&x[s..s + o.len()], o, row_len)
+    });
 }
 
 /// Softmax backward from its output `y`: `out = y ⊙ (g − Σ_row g ⊙ y)`.
@@ -244,13 +243,10 @@ pub fn softmax_backward(y: &[f32], grad: &[f32], out: &mut [f32], row_len: usize
         row_len > 0 && y.len() % row_len == 0 && y.len() == grad.len() && y.len() == out.len(),
         "softmax backward: lengths differ"
     );
-    if y.len() < PARALLEL_MIN {
-        return softmax_backward_mv(y, grad, out, row_len);
-    }
-    let p = piece(y.len(), row_len);
-    out.par_chunks_mut(p)
-        .zip(y.par_chunks(p).zip(grad.par_chunks(p)))
-        .for_each(|(o, (y, g))| softmax_backward_mv(y, g, o, row_len));
+    for_pieces(out, row_len, |s, o| {
+        let e = s + o.len();
+        softmax_backward_mv(&y[s..e], &grad[s..e], o, row_len)
+    });
 }
 
 /// Plain references (std `exp`, textbook formulas, f64 accumulation) the kernels are tested
@@ -301,48 +297,27 @@ pub mod reference {
     }
 }
 
-/// `[b, n, h·dh] → [b, h, n, dh]`: each head's rows gathered into one contiguous run (the
-/// attention layout). Copies whole `dh`-long rows, where a generic strided copy moves one
-/// element at a time.
-pub fn split_heads(x: &[f32], out: &mut [f32], b: usize, n: usize, h: usize, dh: usize) {
+/// `[b, a, c, dh] → [b, c, a, dh]`: the two middle axes swapped, copying whole `dh`-long
+/// rows where a generic strided copy moves one element at a time. Splitting attention heads
+/// is `[b, n, h, dh] → [b, h, n, dh]`; merging them is the same swap back.
+pub fn swap_middle_axes(x: &[f32], out: &mut [f32], [b, a, c, dh]: [usize; 4]) {
     assert!(
-        x.len() == b * n * h * dh && out.len() == x.len(),
-        "split_heads: shape"
+        x.len() == b * a * c * dh && out.len() == x.len(),
+        "swap_middle_axes: shape"
     );
-    let per_head = n * dh;
-    let run = |(bh, o): (usize, &mut [f32])| {
-        let (bi, hi) = (bh / h, bh % h);
-        for ni in 0..n {
-            let src = (bi * n + ni) * h * dh + hi * dh;
-            o[ni * dh..(ni + 1) * dh].copy_from_slice(&x[src..src + dh]);
-        }
-    };
-    if x.len() < PARALLEL_MIN {
-        out.chunks_mut(per_head.max(1)).enumerate().for_each(run);
-    } else {
-        out.par_chunks_mut(per_head.max(1))
-            .enumerate()
-            .for_each(run);
+    if out.is_empty() {
+        return;
     }
-}
-
-/// The inverse of [`split_heads`]: `[b, h, n, dh] → [b, n, h·dh]`.
-pub fn merge_heads(x: &[f32], out: &mut [f32], b: usize, n: usize, h: usize, dh: usize) {
-    assert!(
-        x.len() == b * n * h * dh && out.len() == x.len(),
-        "merge_heads: shape"
-    );
-    let row = h * dh;
-    let run = |(bn, o): (usize, &mut [f32])| {
-        let (bi, ni) = (bn / n, bn % n);
-        for hi in 0..h {
-            let src = ((bi * h + hi) * n + ni) * dh;
-            o[hi * dh..(hi + 1) * dh].copy_from_slice(&x[src..src + dh]);
+    // One output block per (b, c): its `a` rows come from `a` places in the input.
+    let block = a * dh;
+    for_pieces(out, block, |start, o| {
+        for (j, blk) in o.chunks_mut(block).enumerate() {
+            let bc = start / block + j;
+            let (bi, ci) = (bc / c, bc % c);
+            for (ai, row) in blk.chunks_mut(dh).enumerate() {
+                let src = ((bi * a + ai) * c + ci) * dh;
+                row.copy_from_slice(&x[src..src + dh]);
+            }
         }
-    };
-    if x.len() < PARALLEL_MIN {
-        out.chunks_mut(row.max(1)).enumerate().for_each(run);
-    } else {
-        out.par_chunks_mut(row.max(1)).enumerate().for_each(run);
-    }
+    });
 }

@@ -47,9 +47,7 @@ fn slice(x: &FlexTensor) -> &[f32] {
 
 /// A new f32 tensor of `like`'s shape filled by `f`.
 fn fill_like(like: &FlexTensor, f: impl FnOnce(&mut [f32])) -> FlexTensor {
-    let mut out = FlexTensor::empty(like.layout().shape().clone(), DType::F32);
-    f(out.storage_mut::<f32>());
-    out
+    fill_shape(like.layout().shape().clone(), f)
 }
 
 fn last_dim(x: &FlexTensor) -> usize {
@@ -207,22 +205,22 @@ fn dispatch<B: Backend, const DI: usize, const DO: usize>(
     }
 }
 
-/// A new f32 tensor of shape `dims`, filled by `f`.
-fn fill_shape(dims: Vec<usize>, f: impl FnOnce(&mut [f32])) -> FlexTensor {
-    let mut out = FlexTensor::empty(burn::tensor::Shape::from(dims), DType::F32);
+/// A new f32 tensor of `shape`, filled by `f`.
+fn fill_shape(shape: impl Into<burn::tensor::Shape>, f: impl FnOnce(&mut [f32])) -> FlexTensor {
+    let mut out = FlexTensor::empty(shape.into(), DType::F32);
     f(out.storage_mut::<f32>());
     out
 }
 
 fn split_flex(x: &FlexTensor, [b, n, h, dh]: [usize; 4]) -> FlexTensor {
-    fill_shape(vec![b, h, n, dh], |o| {
-        cpu::split_heads(slice(x), o, b, n, h, dh)
+    fill_shape([b, h, n, dh], |o| {
+        cpu::swap_middle_axes(slice(x), o, [b, n, h, dh])
     })
 }
 
 fn merge_flex(x: &FlexTensor, [b, n, h, dh]: [usize; 4]) -> FlexTensor {
-    fill_shape(vec![b, n, h * dh], |o| {
-        cpu::merge_heads(slice(x), o, b, n, h, dh)
+    fill_shape([b, n, h * dh], |o| {
+        cpu::swap_middle_axes(slice(x), o, [b, h, n, dh])
     })
 }
 

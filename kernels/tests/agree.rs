@@ -223,3 +223,27 @@ fn head_split_and_merge_equal_burns_views_values_and_gradients() {
     let s = blockdiff_kernels::split_heads(xf.clone(), h);
     assert_eq!(max_diff(blockdiff_kernels::merge_heads(s), xf), 0.0);
 }
+
+#[test]
+fn axis_swap_is_exact_serial_and_parallel() {
+    for (dims, seed) in [([2usize, 5, 3, 4], 31u64), ([4, 130, 4, 32], 32)] {
+        let [b, a, c, dh] = dims;
+        let x = randn(b * a * c * dh, 1.0, seed);
+        let mut out = vec![0.0; x.len()];
+        cpu::swap_middle_axes(&x, &mut out, dims);
+        for bi in 0..b {
+            for ai in 0..a {
+                for ci in 0..c {
+                    for k in 0..dh {
+                        let src = ((bi * a + ai) * c + ci) * dh + k;
+                        let dst = ((bi * c + ci) * a + ai) * dh + k;
+                        assert_eq!(out[dst], x[src]);
+                    }
+                }
+            }
+        }
+        let mut back = vec![0.0; x.len()];
+        cpu::swap_middle_axes(&out, &mut back, [b, c, a, dh]);
+        assert_eq!(back, x, "swapping back restores the input");
+    }
+}
