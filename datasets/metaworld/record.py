@@ -152,14 +152,30 @@ def publish(tmp: str, out: str):
     os.replace(tmp, out)
 
 
-def record_episode(env: TaskEnv, policy, reset_seed: int, episode: int, max_steps: int, extra_steps: int):
+# Noise injection (DART, Laskey et al. 2017): the executed arm motion is the expert's plus
+# temporally correlated Gaussian noise, while the recorded label stays the expert's own action
+# at the state actually visited. Clean demonstrations only visit states on the expert's path,
+# so a policy that drifts off it (overshoots the goal, stalls beside it) meets states it never
+# saw; with noise the data shows the expert correcting from such states. The gripper command
+# is never perturbed (a dropped object ends the demonstration, not the lesson).
+NOISE_RHO = 0.9  # AR(1) correlation of the noise from step to step (~10-step excursions)
+
+
+def record_episode(env: TaskEnv, policy, reset_seed: int, episode: int, max_steps: int, extra_steps: int,
+                   noise: float = 0.0, attempt: int = 0):
+    """One demonstration; `attempt` k > 0 re-records the same reset with the k-th noise draw."""
     obs = env.reset(reset_seed, episode)
     obs_l, act_l = [], []
     success_at = None
+    rng = np.random.default_rng([reset_seed, 1 + attempt])
+    n = np.zeros(ACT_DIM)
     for step in range(max_steps):
         a = np.clip(np.asarray(policy.get_action(obs), dtype=np.float64), -1.0, 1.0).astype(np.float32)
         obs_l.append(obs.astype(np.float32))
         act_l.append(a)
+        if noise > 0:
+            n[:3] = NOISE_RHO * n[:3] + np.sqrt(1 - NOISE_RHO**2) * noise * rng.standard_normal(3)
+            a = np.clip(a + n, -1.0, 1.0).astype(np.float32)
         obs, success, terminated, truncated = env.step(a)
         if success and success_at is None:
             success_at = step
@@ -181,6 +197,12 @@ def main(argv=None):
     ap.add_argument("--goals", choices=["mt1-cycle", "mt1", "fresh"], default="mt1-cycle",
                     help="mt1-cycle: episode e on MT1 variation e mod 50, so 50 episodes cover all 50 "
                          "(default); mt1: a seeded random variation per episode; fresh: new seeded goals")
+    ap.add_argument("--noise", type=float, default=0.0,
+                    help="std of the correlated noise added to the executed arm motion (DART); the recorded "
+                         "actions stay the expert's (0 = clean demonstrations)")
+    ap.add_argument("--noise-retries", type=int, default=5,
+                    help="with --noise: re-record a failed episode (same reset, next noise draw) up to this many "
+                         "times, so noise does not cost the hard tasks their demonstrations")
     ap.add_argument("--out", default="demos.safetensors")
     args = ap.parse_args(argv)
 
@@ -190,6 +212,10 @@ def main(argv=None):
     check_max_steps(args.max_steps)
     if args.episodes < 1 or args.extra_steps < 0:
         raise SystemExit("--episodes must be >= 1 and --extra-steps >= 0")
+    if not (0.0 <= args.noise <= 2.0):
+        raise SystemExit("--noise must be in [0, 2]")
+    if args.noise_retries < 0:
+        raise SystemExit("--noise-retries must be >= 0")
     episode_seed(args.seed, len(tasks) - 1, args.episodes - 1)  # validates the ranges
 
     t0 = time.perf_counter()
@@ -198,11 +224,17 @@ def main(argv=None):
     summary = {}
     for t, name in enumerate(tasks):
         env, policy = TaskEnv(name, args.goals), expert(name)
-        ok = kept = steps = 0
+        ok = kept = steps = retried = 0
         for e in range(args.episodes):
             s = episode_seed(args.seed, t, e)
-            o, a, success = record_episode(env, policy, s, e, args.max_steps, args.extra_steps)
+            o, a, success = record_episode(env, policy, s, e, args.max_steps, args.extra_steps, args.noise)
             ok += success
+            for attempt in range(1, args.noise_retries + 1 if args.noise > 0 else 1):
+                if success:
+                    break
+                o, a, success = record_episode(env, policy, s, e, args.max_steps, args.extra_steps, args.noise,
+                                               attempt)
+                retried += 1
             if success or args.keep_failed:
                 obs_all.append(o)
                 act_all.append(a)
@@ -214,8 +246,9 @@ def main(argv=None):
                 steps += len(o)
         env.close()
         summary[name] = {"kept": kept, "episodes": args.episodes, "expert_success": ok / args.episodes,
-                         "steps": steps}
-        print(f"{name:26s} expert success {ok:4d}/{args.episodes:<4d} kept {kept:4d} episodes, {steps:7d} steps",
+                         "steps": steps, "noise_retries": retried}
+        print(f"{name:26s} expert success {ok:4d}/{args.episodes:<4d} kept {kept:4d} episodes, {steps:7d} steps, "
+              f"{retried} noise retries",
               file=sys.stderr, flush=True)
 
     if not obs_all:
@@ -239,6 +272,8 @@ def main(argv=None):
         "extra_steps": str(args.extra_steps),
         "goals": args.goals,
         "keep_failed": str(int(args.keep_failed)),
+        "noise": str(args.noise),
+        "noise_retries": str(args.noise_retries),
     }
     tmp = atomic_target(args.out)
     try:

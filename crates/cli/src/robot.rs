@@ -9,7 +9,8 @@ use blockdiff_core::checkpoint;
 use blockdiff_robot::client::{latency_bench, LatencyReport};
 use blockdiff_robot::data::Demos;
 use blockdiff_robot::policy::{
-    train, DiffFeature, PolicyConfig, RobotPolicy, RobotSettings, TokenizerKind, SETTINGS_FILE,
+    metaworld_current, train, DiffFeature, PolicyConfig, RobotPolicy, RobotSettings, TokenizerKind,
+    SETTINGS_FILE,
 };
 use blockdiff_robot::server::{spawn, ServeConfig};
 use clap::{Args, Subcommand, ValueEnum};
@@ -63,6 +64,35 @@ pub struct TrainArgs {
     /// (goal − hand, object − hand, goal − object of MetaWorld's 39-d observation).
     #[arg(long = "diff")]
     diffs: Vec<String>,
+    /// Give the bin tokens value features (bins tokenizer): smooth functions of each bin's
+    /// value added to its embedding and scored by a feature head, so neighbouring bins share
+    /// what is learnt.
+    #[arg(long)]
+    value_features: bool,
+    /// Observation values the policy reads: `START:END` ranges (repeatable) or `metaworld`
+    /// (MetaWorld's current frame and goal, without the stacked previous frame). Default: all.
+    #[arg(long = "obs-keep")]
+    obs_keep: Vec<String>,
+}
+
+/// Parses `--obs-keep` values.
+fn obs_keep(specs: &[String]) -> Result<Vec<[usize; 2]>> {
+    let mut out = Vec::new();
+    for spec in specs {
+        if spec == "metaworld" {
+            out.extend(metaworld_current());
+            continue;
+        }
+        let Some((a, b)) = spec.split_once(':') else {
+            bail!("--obs-keep {spec:?}: expected START:END or metaworld");
+        };
+        let num = |v: &str| {
+            v.parse::<usize>()
+                .with_context(|| format!("--obs-keep {spec:?}: {v:?} is not an index"))
+        };
+        out.push([num(a)?, num(b)?]);
+    }
+    Ok(out)
 }
 
 /// Parses `--diff` values.
@@ -117,6 +147,8 @@ impl TrainArgs {
             seed: self.seed,
             block: self.block,
             diff_features: diff_features(&self.diffs)?,
+            value_features: self.value_features,
+            obs_keep: obs_keep(&self.obs_keep)?,
             ..PolicyConfig::default()
         })
     }
@@ -226,6 +258,10 @@ pub enum RobotCommand {
         /// Demonstrations per task.
         #[arg(long, default_value_t = 50)]
         episodes: usize,
+        /// Noise injected into the expert's executed arm motion while recording (DART; the
+        /// recorded actions stay the expert's), so the demonstrations show recoveries.
+        #[arg(long, default_value_t = 0.0)]
+        noise: f64,
         /// Evaluation episodes per task.
         #[arg(long, default_value_t = 10)]
         eval_episodes: usize,
@@ -299,6 +335,7 @@ pub fn run(cmd: RobotCommand) -> Result<()> {
             out,
             tasks,
             episodes,
+            noise,
             eval_episodes,
             max_steps,
             replan,
@@ -321,6 +358,8 @@ pub fn run(cmd: RobotCommand) -> Result<()> {
                     &episodes.to_string(),
                     "--seed",
                     &t.seed.to_string(),
+                    "--noise",
+                    &noise.to_string(),
                     "--out",
                     path_str(&demos_path)?,
                 ],
@@ -376,6 +415,7 @@ pub fn run(cmd: RobotCommand) -> Result<()> {
                 "server_timing_ms": eval["server_timing_ms"],
                 "bench": rows,
                 "episodes_per_task": episodes,
+                "demo_noise": noise,
                 "eval_episodes_per_task": eval_episodes,
                 "train": t.config(d.act_dim)?,
             });

@@ -182,6 +182,28 @@ pub struct PolicyConfig {
     /// common bin.
     #[serde(default = "one")]
     pub samples: usize,
+    /// Value features of the bin tokens (bins tokenizer only): every bin carries a few smooth
+    /// functions of its centre ([`value_features`]), added to its embedding and scored by the
+    /// core's feature head. Bins are otherwise unrelated classes; with the features a logit
+    /// can be a smooth function of the value (a quadratic in it is a Gaussian over bins), so
+    /// neighbouring bins share what is learnt and a small, goal-dependent action does not have
+    /// to be learnt bin by bin.
+    #[serde(default)]
+    pub value_features: bool,
+    /// Ranges `[start, end)` of the raw observation the policy reads (empty = all of it);
+    /// difference features are still computed from the whole raw observation. MetaWorld's
+    /// observation stacks the previous frame (hand, gripper, objects one step earlier) beside
+    /// the current one, and from it a policy can read its own last motion and simply continue
+    /// it (the "copycat" shortcut of behaviour cloning from observation histories, Wen et al.
+    /// 2020) instead of acting on where the goal is: [`metaworld_current`] drops it.
+    #[serde(default)]
+    pub obs_keep: Vec<[usize; 2]>,
+}
+
+/// MetaWorld's current frame (hand, gripper, objects: values 0..18) and goal (36..39), without
+/// the previous frame (18..36).
+pub fn metaworld_current() -> Vec<[usize; 2]> {
+    vec![[0, 18], [36, 39]]
 }
 
 fn one() -> usize {
@@ -211,6 +233,8 @@ impl Default for PolicyConfig {
             temperature: 0.0,
             diff_features: Vec::new(),
             samples: 1,
+            value_features: false,
+            obs_keep: Vec::new(),
         }
     }
 }
@@ -253,7 +277,7 @@ impl RobotSettings {
 
     /// Width of one observation row with its derived features.
     fn feature_dim(&self) -> usize {
-        feature_width(self.obs_dim, &self.config.diff_features)
+        feature_width(self.obs_dim, &self.config)
     }
 
     /// The condition vectors of an observation (normalised history rows, each with the task
@@ -281,7 +305,7 @@ impl RobotSettings {
         }
         let mut v = Vec::with_capacity(h * self.cond_dim());
         for raw in obs.state.chunks_exact(self.obs_dim) {
-            let mut row = with_features(raw, &self.config.diff_features);
+            let mut row = with_features(raw, &self.config);
             self.obs_norm.apply(&mut row);
             v.extend_from_slice(&row);
             v.extend((0..self.tasks.len()).map(|t| if t == obs.task { 1.0 } else { 0.0 }));
@@ -296,6 +320,7 @@ impl RobotSettings {
 
     fn model_config(&self) -> BlockDiffusionConfig {
         let c = &self.config;
+        let features = if c.value_features { VALUE_FEATURES } else { 0 };
         BlockDiffusionConfig::new(self.tokenizer.vocab_size())
             .with_d_model(c.d_model)
             .with_n_layers(c.n_layers)
@@ -303,18 +328,81 @@ impl RobotSettings {
             .with_cond_dim(self.cond_dim())
             .with_cond_len(c.history)
             .with_max_len(c.history + self.seq_len)
+            .with_token_feature_dim(features)
+            .with_feature_head(c.value_features)
+    }
+
+    /// The `[vocab, VALUE_FEATURES]` table of [`PolicyConfig::value_features`], row-major:
+    /// [`value_features`] of each bin's centre, zero rows for the special tokens.
+    pub fn value_feature_table(&self) -> Result<Vec<f32>, RobotError> {
+        let ActionTokenizer::Bins(t) = &self.tokenizer else {
+            return Err(RobotError::Config(
+                "value features need the bins tokenizer (FAST tokens are not values)".into(),
+            ));
+        };
+        let vocab = self.tokenizer.vocab_size();
+        let mut table = vec![0f32; vocab * VALUE_FEATURES];
+        for bin in 0..t.bins {
+            let id = t.vocab().regular_id(bin) as usize;
+            table[id * VALUE_FEATURES..(id + 1) * VALUE_FEATURES]
+                .copy_from_slice(&value_features(t.centre(bin)));
+        }
+        Ok(table)
     }
 }
 
-/// Width of an observation row of `obs_dim` values with `features` appended.
-fn feature_width(obs_dim: usize, features: &[DiffFeature]) -> usize {
-    obs_dim + features.iter().map(|f| f.len).sum::<usize>()
+/// Width of [`value_features`].
+pub const VALUE_FEATURES: usize = 8;
+
+/// Smooth features of a normalised action value `u ∈ [-1, 1]`: `u`, `u² − 1/3` (with `u`, a
+/// logit quadratic in the value: a Gaussian over bins) and three Fourier pairs for
+/// skewed or two-peaked shapes. Every entry is within [-1, 1].
+pub fn value_features(u: f32) -> [f32; VALUE_FEATURES] {
+    use std::f32::consts::PI;
+    [
+        u,
+        u * u - 1.0 / 3.0,
+        (PI * u).sin(),
+        (PI * u).cos(),
+        (2.0 * PI * u).sin(),
+        (2.0 * PI * u).cos(),
+        (4.0 * PI * u).sin(),
+        (4.0 * PI * u).cos(),
+    ]
 }
 
-/// One raw observation row followed by its difference features.
-fn with_features(raw: &[f32], features: &[DiffFeature]) -> Vec<f32> {
-    let mut row = raw.to_vec();
-    for f in features {
+/// Width of the policy's row for an `obs_dim`-value observation: the kept values
+/// ([`PolicyConfig::obs_keep`]) and the difference features.
+fn feature_width(obs_dim: usize, cfg: &PolicyConfig) -> usize {
+    let kept = if cfg.obs_keep.is_empty() {
+        obs_dim
+    } else {
+        cfg.obs_keep.iter().map(|[a, b]| b - a).sum()
+    };
+    kept + cfg.diff_features.iter().map(|f| f.len).sum::<usize>()
+}
+
+/// Every kept range must be non-empty and inside the observation.
+fn check_obs_keep(keep: &[[usize; 2]], obs_dim: usize) -> Result<(), RobotError> {
+    match keep.iter().find(|[a, b]| a >= b || *b > obs_dim) {
+        Some([a, b]) => Err(RobotError::Config(format!(
+            "kept observation range {a}..{b} is empty or reaches past the {obs_dim}-value observation"
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// The policy's row of one raw observation: the kept values, then the difference features.
+fn with_features(raw: &[f32], cfg: &PolicyConfig) -> Vec<f32> {
+    let mut row = if cfg.obs_keep.is_empty() {
+        raw.to_vec()
+    } else {
+        cfg.obs_keep
+            .iter()
+            .flat_map(|&[a, b]| raw[a..b].iter().copied())
+            .collect()
+    };
+    for f in &cfg.diff_features {
         row.extend((0..f.len).map(|i| raw[f.minuend + i] - raw[f.subtrahend + i]));
     }
     row
@@ -353,12 +441,13 @@ pub fn prepare(
             demos.obs_dim
         )));
     }
+    check_obs_keep(&cfg.obs_keep, demos.obs_dim)?;
     let obs: Vec<f32> = rows
         .iter()
-        .flat_map(|&r| with_features(demos.obs_row(r), &cfg.diff_features))
+        .flat_map(|&r| with_features(demos.obs_row(r), cfg))
         .collect();
     let stats = ActionStats::fit(&acts, demos.act_dim)?;
-    let obs_norm = ObsNormalizer::fit(&obs, feature_width(demos.obs_dim, &cfg.diff_features));
+    let obs_norm = ObsNormalizer::fit(&obs, feature_width(demos.obs_dim, cfg));
     // (episode, row) of every training chunk, and the chunks themselves.
     let (index, chunks): (Vec<(usize, usize)>, Vec<ActionChunk>) = episodes
         .iter()
@@ -461,7 +550,14 @@ pub fn train(
     mcfg.validate().map_err(RobotError::Config)?;
     let device = Default::default();
     <CpuTrainBackend as Backend>::seed(&device, cfg.seed);
-    let model = mcfg.init::<CpuTrainBackend>(&device);
+    let mut model = mcfg.init::<CpuTrainBackend>(&device);
+    if cfg.value_features {
+        let table = settings.value_feature_table()?;
+        model = model.with_token_features(Tensor::from_data(
+            TensorData::new(table, [mcfg.vocab_size, VALUE_FEATURES]),
+            &device,
+        ));
+    }
     let tcfg = TrainConfig::new(settings.seq_len)
         .with_block_sizes(cfg.train_blocks.clone())
         .with_block_weights(vec![1.0; cfg.train_blocks.len()])
@@ -519,6 +615,7 @@ impl RobotPolicy {
         let ck = checkpoint::load::<CpuBackend>(dir, &device)?;
         let mut settings: RobotSettings = checkpoint::read_json(&dir.join(SETTINGS_FILE))?;
         settings.tokenizer.rebuild();
+        check_obs_keep(&settings.config.obs_keep, settings.obs_dim)?;
         if settings.model_config() != ck.config {
             return Err(RobotError::Config(format!(
                 "{}: settings do not match the checkpoint's config.json",

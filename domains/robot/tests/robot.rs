@@ -9,7 +9,7 @@ use blockdiff_robot::client::{PolicyClient, Reply};
 use blockdiff_robot::data::{Demos, Episode};
 use blockdiff_robot::policy::{train, Observation, PolicyConfig, RobotPolicy, TokenizerKind};
 use blockdiff_robot::server::{spawn, ServeConfig};
-use blockdiff_robot::{wire, RobotError};
+use blockdiff_robot::{wire, ActionChunk, RobotError};
 use rand::{Rng, SeedableRng};
 use rmpv::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -130,36 +130,11 @@ fn policy_learns_a_known_mapping_and_cache_equals_recompute() {
     let dir = tempfile::tempdir().unwrap();
     let policy = trained(dir.path(), 1500);
     let s = policy.settings().clone();
-    let mut rng = rand::rngs::StdRng::seed_from_u64(9);
-    let obs: Vec<Observation> = (0..64)
-        .map(|i| Observation {
-            state: vec![
-                rng.random_range(-1.0..1.0),
-                rng.random_range(-1.0..1.0),
-                0.0,
-            ],
-            task: i % 2,
-        })
-        .collect();
+    let obs = random_observations(64, 9);
     let sampler = policy.sampler(None, None);
     let (chunks, stats) = policy.act(&obs, &sampler).unwrap();
     eprintln!("batch of 64: {} model calls", stats.nfe);
-    // Error of the first action vs the expert, against predicting the data mean.
-    let mean: Vec<f32> = (0..D)
-        .map(|d| {
-            let demos = synthetic_demos(60, 12, 1);
-            let n = demos.actions.len() / D;
-            (0..n).map(|i| demos.actions[i * D + d]).sum::<f32>() / n as f32
-        })
-        .collect();
-    let (mut err, mut base) = (0.0, 0.0);
-    for (o, c) in obs.iter().zip(&chunks) {
-        let want = expert(o.state[0], o.state[1], o.task, 0);
-        for d in 0..D {
-            err += (c.action(0)[d] - want[d]).abs();
-            base += (mean[d] - want[d]).abs();
-        }
-    }
+    let (err, base) = expert_error(&obs, &chunks);
     assert!(
         err < 0.35 * base,
         "policy error {err:.3} vs mean-prediction error {base:.3}"
@@ -557,5 +532,142 @@ fn averaged_samples_group_by_observation() {
             RobotPolicy::load(dir.path()).unwrap().with_decoding(k, t),
             Err(RobotError::Config(_))
         ));
+    }
+}
+
+/// `n` observations at random points, alternating tasks.
+fn random_observations(n: usize, seed: u64) -> Vec<Observation> {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    (0..n)
+        .map(|i| Observation {
+            state: vec![
+                rng.random_range(-1.0..1.0),
+                rng.random_range(-1.0..1.0),
+                0.0,
+            ],
+            task: i % 2,
+        })
+        .collect()
+}
+
+/// Summed first-action error of `chunks` against [`expert`], and the same error for
+/// predicting the demonstrations' mean action.
+fn expert_error(obs: &[Observation], chunks: &[ActionChunk]) -> (f32, f32) {
+    let demos = synthetic_demos(60, 12, 1);
+    let n = demos.actions.len() / D;
+    let mean: Vec<f32> = (0..D)
+        .map(|d| (0..n).map(|i| demos.actions[i * D + d]).sum::<f32>() / n as f32)
+        .collect();
+    let (mut err, mut base) = (0.0, 0.0);
+    for (o, c) in obs.iter().zip(chunks) {
+        let want = expert(o.state[0], o.state[1], o.task, 0);
+        for d in 0..D {
+            err += (c.action(0)[d] - want[d]).abs();
+            base += (mean[d] - want[d]).abs();
+        }
+    }
+    (err, base)
+}
+
+/// [`expert_error`] of a policy's greedy chunks on fixed observations.
+fn first_action_error(policy: &RobotPolicy) -> (f32, f32) {
+    let obs = random_observations(64, 11);
+    let (chunks, _) = policy.act(&obs, &policy.sampler(None, None)).unwrap();
+    expert_error(&obs, &chunks)
+}
+
+/// Value features: the table holds each bin's features (zero rows for specials), survives the
+/// checkpoint (the loaded policy acts exactly like the trained one), and the policy learns the
+/// known mapping; with FAST tokens they are a config error.
+#[test]
+fn value_features_are_saved_and_learn_the_mapping() {
+    use blockdiff_robot::policy::{prepare, value_features, ActionTokenizer, VALUE_FEATURES};
+    let demos = synthetic_demos(60, 12, 1);
+    let cfg = PolicyConfig {
+        value_features: true,
+        ..tiny_config(500)
+    };
+    let (settings, _, _) = prepare(&demos, &cfg).unwrap();
+    let table = settings.value_feature_table().unwrap();
+    let ActionTokenizer::Bins(bins) = &settings.tokenizer else {
+        panic!("bins tokenizer expected")
+    };
+    let vocab = settings.tokenizer.vocab_size();
+    assert_eq!(table.len(), vocab * VALUE_FEATURES);
+    let row = |id: usize| &table[id * VALUE_FEATURES..(id + 1) * VALUE_FEATURES];
+    let first = blockdiff_core::tokenizer::NUM_CORE_SPECIALS as usize;
+    assert!((0..first).all(|id| row(id).iter().all(|&v| v == 0.0)));
+    for bin in [0, 17, 63] {
+        assert_eq!(row(first + bin), &value_features(bins.centre(bin))[..]);
+    }
+    assert!(table.iter().all(|v| v.abs() <= 1.0 + 1e-6));
+
+    let dir = tempfile::tempdir().unwrap();
+    let (trained_policy, _) = train(&demos, &cfg, Some(dir.path()), false).unwrap();
+    let loaded = RobotPolicy::load(dir.path()).unwrap();
+    let (err, base) = first_action_error(&loaded);
+    // 500 steps (a third of the plain test's budget): learnt, not yet as precise.
+    assert!(
+        err < 0.5 * base,
+        "policy error {err:.3} vs mean-prediction error {base:.3}"
+    );
+    assert_eq!(first_action_error(&trained_policy), (err, base));
+
+    let fast = PolicyConfig {
+        tokenizer: TokenizerKind::Fast,
+        fast_vocab: 120,
+        train_blocks: vec![1, 4],
+        ..cfg
+    };
+    match train(&demos, &fast, None, false) {
+        Err(RobotError::Config(m)) => assert!(m.contains("value features"), "{m}"),
+        other => panic!("expected a config error, got {:?}", other.map(|_| ())),
+    }
+}
+
+/// `obs_keep` selects observation values before normalisation (difference features still read
+/// the whole raw observation); empty or out-of-range selections are config errors.
+#[test]
+fn kept_observation_ranges_select_the_condition_and_bad_ranges_are_config_errors() {
+    use blockdiff_robot::policy::{prepare, DiffFeature};
+    let demos = synthetic_demos(8, 12, 3);
+    let cfg = PolicyConfig {
+        obs_keep: vec![[0, 1], [2, 3]],
+        diff_features: vec![DiffFeature {
+            minuend: 0,
+            subtrahend: 1,
+            len: 1,
+        }],
+        ..tiny_config(1)
+    };
+    let (settings, _, _) = prepare(&demos, &cfg).unwrap();
+    let obs = Observation {
+        state: vec![0.25, -0.5, 0.07],
+        task: 0,
+    };
+    let v = settings.condition(&obs).unwrap();
+    // x, noise, x − y (y itself is dropped), then the task one-hot.
+    assert_eq!(v.len(), 3 + 2);
+    let n = &settings.obs_norm;
+    assert_eq!(n.mean.len(), 3);
+    let raw = [0.25f32, 0.07, 0.25 - -0.5];
+    for (i, r) in raw.iter().enumerate() {
+        let expect = (r - n.mean[i]) / n.std[i];
+        assert!(
+            (v[i] - expect).abs() < 1e-5,
+            "value {i}: {} vs {expect}",
+            v[i]
+        );
+    }
+    assert_eq!(&v[3..], &[1.0, 0.0]);
+    for bad in [[1, 1], [2, 4]] {
+        let cfg = PolicyConfig {
+            obs_keep: vec![bad],
+            ..tiny_config(1)
+        };
+        match prepare(&demos, &cfg) {
+            Err(RobotError::Config(m)) => assert!(m.contains("observation range"), "{m}"),
+            other => panic!("expected a config error, got {:?}", other.map(|_| ())),
+        }
     }
 }
