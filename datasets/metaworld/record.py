@@ -229,12 +229,12 @@ def main(argv=None):
             s = episode_seed(args.seed, t, e)
             o, a, success = record_episode(env, policy, s, e, args.max_steps, args.extra_steps, args.noise)
             ok += success
-            for attempt in range(1, args.noise_retries + 1 if args.noise > 0 else 1):
-                if success:
-                    break
+            attempt = 0
+            while not success and args.noise > 0 and attempt < args.noise_retries:
+                attempt += 1
+                retried += 1
                 o, a, success = record_episode(env, policy, s, e, args.max_steps, args.extra_steps, args.noise,
                                                attempt)
-                retried += 1
             if success or args.keep_failed:
                 obs_all.append(o)
                 act_all.append(a)

@@ -482,10 +482,7 @@ fn difference_features_extend_the_condition_and_bad_ranges_are_config_errors() {
             diff_features: vec![bad],
             ..tiny_config(1)
         };
-        match prepare(&demos, &cfg) {
-            Err(RobotError::Config(m)) => assert!(m.contains("difference feature"), "{m}"),
-            other => panic!("expected a config error, got {:?}", other.map(|_| ())),
-        }
+        expect_config_error(prepare(&demos, &cfg).map(|_| ()), "difference feature");
     }
 }
 
@@ -532,6 +529,14 @@ fn averaged_samples_group_by_observation() {
             RobotPolicy::load(dir.path()).unwrap().with_decoding(k, t),
             Err(RobotError::Config(_))
         ));
+    }
+}
+
+/// `result` must be a config error whose message contains `needle`.
+fn expect_config_error(result: Result<(), RobotError>, needle: &str) {
+    match result {
+        Err(RobotError::Config(m)) => assert!(m.contains(needle), "{m}"),
+        other => panic!("expected a config error naming {needle:?}, got {other:?}"),
     }
 }
 
@@ -619,10 +624,10 @@ fn value_features_are_saved_and_learn_the_mapping() {
         train_blocks: vec![1, 4],
         ..cfg
     };
-    match train(&demos, &fast, None, false) {
-        Err(RobotError::Config(m)) => assert!(m.contains("value features"), "{m}"),
-        other => panic!("expected a config error, got {:?}", other.map(|_| ())),
-    }
+    expect_config_error(
+        train(&demos, &fast, None, false).map(|_| ()),
+        "value features",
+    );
 }
 
 /// `obs_keep` selects observation values before normalisation (difference features still read
@@ -665,9 +670,6 @@ fn kept_observation_ranges_select_the_condition_and_bad_ranges_are_config_errors
             obs_keep: vec![bad],
             ..tiny_config(1)
         };
-        match prepare(&demos, &cfg) {
-            Err(RobotError::Config(m)) => assert!(m.contains("observation range"), "{m}"),
-            other => panic!("expected a config error, got {:?}", other.map(|_| ())),
-        }
+        expect_config_error(prepare(&demos, &cfg).map(|_| ()), "observation range");
     }
 }
