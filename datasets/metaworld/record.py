@@ -159,10 +159,15 @@ def publish(tmp: str, out: str):
 # saw; with noise the data shows the expert correcting from such states. The gripper command
 # is never perturbed (a dropped object ends the demonstration, not the lesson).
 NOISE_RHO = 0.9  # AR(1) correlation of the noise from step to step (~10-step excursions)
+# Noise near the object is what breaks the contact phases: push's expert goes back up above the
+# puck whenever the hand is more than 2 cm off it in xy, so noisy pushing and lowering teach the
+# policy to alternate "down" and "up". `noise_clear` > 0 keeps the executed motion clean while the
+# hand is within that xy distance (m) of the first object (obs[4:6]): the free approach (and all
+# of reach, whose puck is only a distractor) is perturbed, grasping and pushing are not.
 
 
 def record_episode(env: TaskEnv, policy, reset_seed: int, episode: int, max_steps: int, extra_steps: int,
-                   noise: float = 0.0, attempt: int = 0):
+                   noise: float = 0.0, attempt: int = 0, noise_clear: float = 0.0):
     """One demonstration; `attempt` k > 0 re-records the same reset with the k-th noise draw."""
     obs = env.reset(reset_seed, episode)
     obs_l, act_l = [], []
@@ -175,7 +180,8 @@ def record_episode(env: TaskEnv, policy, reset_seed: int, episode: int, max_step
         act_l.append(a)
         if noise > 0:
             n[:3] = NOISE_RHO * n[:3] + np.sqrt(1 - NOISE_RHO**2) * noise * rng.standard_normal(3)
-            a = np.clip(a + n, -1.0, 1.0).astype(np.float32)
+            if noise_clear <= 0 or np.linalg.norm(obs[:2] - obs[4:6]) > noise_clear:
+                a = np.clip(a + n, -1.0, 1.0).astype(np.float32)
         obs, success, terminated, truncated = env.step(a)
         if success and success_at is None:
             success_at = step
@@ -200,6 +206,9 @@ def main(argv=None):
     ap.add_argument("--noise", type=float, default=0.0,
                     help="std of the correlated noise added to the executed arm motion (DART); the recorded "
                          "actions stay the expert's (0 = clean demonstrations)")
+    ap.add_argument("--noise-clear", type=float, default=0.0,
+                    help="with --noise: no noise while the hand is within this xy distance (m) of the first "
+                         "object, so contact phases stay clean (0 = noise everywhere)")
     ap.add_argument("--noise-retries", type=int, default=5,
                     help="with --noise: re-record a failed episode (same reset, next noise draw) up to this many "
                          "times, so noise does not cost the hard tasks their demonstrations")
@@ -212,6 +221,8 @@ def main(argv=None):
     check_max_steps(args.max_steps)
     if args.episodes < 1 or args.extra_steps < 0:
         raise SystemExit("--episodes must be >= 1 and --extra-steps >= 0")
+    if args.noise_clear < 0:
+        raise SystemExit("--noise-clear must be >= 0")
     if not (0.0 <= args.noise <= 2.0):
         raise SystemExit("--noise must be in [0, 2]")
     if args.noise_retries < 0:
@@ -227,14 +238,15 @@ def main(argv=None):
         ok = kept = steps = retried = 0
         for e in range(args.episodes):
             s = episode_seed(args.seed, t, e)
-            o, a, success = record_episode(env, policy, s, e, args.max_steps, args.extra_steps, args.noise)
+            o, a, success = record_episode(env, policy, s, e, args.max_steps, args.extra_steps, args.noise,
+                                            noise_clear=args.noise_clear)
             ok += success
             attempt = 0
             while not success and args.noise > 0 and attempt < args.noise_retries:
                 attempt += 1
                 retried += 1
                 o, a, success = record_episode(env, policy, s, e, args.max_steps, args.extra_steps, args.noise,
-                                               attempt)
+                                               attempt, noise_clear=args.noise_clear)
             if success or args.keep_failed:
                 obs_all.append(o)
                 act_all.append(a)
@@ -274,6 +286,7 @@ def main(argv=None):
         "keep_failed": str(int(args.keep_failed)),
         "noise": str(args.noise),
         "noise_retries": str(args.noise_retries),
+        "noise_clear": str(args.noise_clear),
     }
     tmp = atomic_target(args.out)
     try:

@@ -262,6 +262,10 @@ pub enum RobotCommand {
         /// recorded actions stay the expert's), so the demonstrations show recoveries.
         #[arg(long, default_value_t = 0.0)]
         noise: f64,
+        /// With `--noise`: no noise while the hand is within this xy distance (m) of the first
+        /// object, so grasping and pushing stay clean (0 = noise everywhere).
+        #[arg(long, default_value_t = 0.0)]
+        noise_clear: f64,
         /// Evaluation episodes per task.
         #[arg(long, default_value_t = 10)]
         eval_episodes: usize,
@@ -336,6 +340,7 @@ pub fn run(cmd: RobotCommand) -> Result<()> {
             tasks,
             episodes,
             noise,
+            noise_clear,
             eval_episodes,
             max_steps,
             replan,
@@ -360,6 +365,8 @@ pub fn run(cmd: RobotCommand) -> Result<()> {
                     &t.seed.to_string(),
                     "--noise",
                     &noise.to_string(),
+                    "--noise-clear",
+                    &noise_clear.to_string(),
                     "--out",
                     path_str(&demos_path)?,
                 ],
@@ -416,6 +423,7 @@ pub fn run(cmd: RobotCommand) -> Result<()> {
                 "bench": rows,
                 "episodes_per_task": episodes,
                 "demo_noise": noise,
+                "demo_noise_clear": noise_clear,
                 "eval_episodes_per_task": eval_episodes,
                 "train": t.config(d.act_dim)?,
             });
