@@ -8,11 +8,9 @@ use anyhow::{bail, Context, Result};
 use blockdiff_core::checkpoint;
 use blockdiff_robot::client::{latency_bench, LatencyReport};
 use blockdiff_robot::data::Demos;
-use blockdiff_robot::policy::{
-    metaworld_current, train, DiffFeature, PolicyConfig, RobotPolicy, RobotSettings, TokenizerKind,
-    SETTINGS_FILE,
-};
+use blockdiff_robot::policy::{metaworld_current, train, DiffFeature, PolicyConfig, TokenizerKind};
 use blockdiff_robot::server::{spawn, ServeConfig};
+use blockdiff_robot::set::{train_per_task, PolicySet};
 use clap::{Args, Subcommand, ValueEnum};
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -73,6 +71,10 @@ pub struct TrainArgs {
     /// (MetaWorld's current frame and goal, without the stacked previous frame). Default: all.
     #[arg(long = "obs-keep")]
     obs_keep: Vec<String>,
+    /// One policy per task (each trained on its task's demonstrations alone, with these
+    /// settings) in `OUT/<task>/`, served as one task-routed node (`policy_set.json`).
+    #[arg(long)]
+    per_task: bool,
 }
 
 /// Parses `--obs-keep` values.
@@ -310,7 +312,7 @@ pub fn run(cmd: RobotCommand) -> Result<()> {
             node,
         } => {
             let policy =
-                RobotPolicy::load(&checkpoint)?.with_decoding(node.samples, node.temperature)?;
+                PolicySet::load(&checkpoint)?.with_decoding(node.samples, node.temperature)?;
             let handle = spawn(policy, &format!("{host}:{port}"), node.config())?;
             eprintln!(
                 "policy node on ws://{} (GET /healthz for health)",
@@ -374,7 +376,7 @@ pub fn run(cmd: RobotCommand) -> Result<()> {
             let d = Demos::read(&demos_path)?;
             let ckpt = out.join("checkpoint");
             train_policy(&d, &t, &ckpt)?;
-            let policy = RobotPolicy::load(&ckpt)?;
+            let policy = PolicySet::load(&ckpt)?;
             let handle = spawn(policy, "127.0.0.1:0", ServeConfig::default())?;
             eprintln!(
                 "policy node on ws://{}; evaluating through openpi-client...",
@@ -426,6 +428,7 @@ pub fn run(cmd: RobotCommand) -> Result<()> {
                 "demo_noise_clear": noise_clear,
                 "eval_episodes_per_task": eval_episodes,
                 "train": t.config(d.act_dim)?,
+                "per_task": t.per_task,
             });
             let path = out.join("results.json");
             checkpoint::write_json(&path, &results)?;
@@ -467,11 +470,25 @@ fn python_script(python: &str, script: &Path, args: &[&str]) -> Result<()> {
 fn train_policy(d: &Demos, t: &TrainArgs, out: &Path) -> Result<()> {
     let cfg = t.config(d.act_dim)?;
     eprintln!(
-        "training on {} successful episodes of {} tasks ({} steps)...",
+        "training on {} successful episodes of {} tasks ({} steps{})...",
         d.successful().count(),
         d.tasks.len(),
-        cfg.steps
+        cfg.steps,
+        if t.per_task { " per task" } else { "" }
     );
+    if t.per_task {
+        let (_, reports) = train_per_task(d, &cfg, out, true)?;
+        for (task, r) in reports {
+            eprintln!(
+                "{task}: train loss {:.4}, val NELBO {:?}, {:.0} tokens/s",
+                r.final_train_loss,
+                r.val_nelbo.last().map(|v| v.1),
+                r.tokens_per_s
+            );
+        }
+        eprintln!("policy set -> {}", out.display());
+        return Ok(());
+    }
     let (_, report) = train(d, &cfg, Some(out), true)?;
     eprintln!(
         "train loss {:.4}, val NELBO {:?}, {:.0} tokens/s -> {}",
@@ -496,7 +513,7 @@ struct BenchRow {
 }
 
 fn bench(ckpt: &Path, d: &Demos, requests: usize) -> Result<Vec<BenchRow>> {
-    let settings: RobotSettings = checkpoint::read_json(&ckpt.join(SETTINGS_FILE))?;
+    let settings = PolicySet::load(ckpt)?.settings().clone();
     let (block, history) = (settings.config.block, settings.config.history);
     // Real observations: every 37th step of the demonstrations.
     let obs: Vec<(Vec<f32>, String)> = d
@@ -513,14 +530,14 @@ fn bench(ckpt: &Path, d: &Demos, requests: usize) -> Result<Vec<BenchRow>> {
     let nodes = [(1, 8), (defaults.workers, defaults.max_batch)];
     for (mode, b) in [("block", block), ("ar", 1)] {
         for &(workers, max_batch) in &nodes {
-            let p = RobotPolicy::load(ckpt)?;
-            let sampler = p.sampler(Some(b), None);
+            let p = PolicySet::load(ckpt)?;
+            let samplers = p.samplers(Some(b), None);
             // Model calls per chunk for this mode, from one direct call.
             let first = blockdiff_robot::Observation {
                 state: obs[0].0.clone(),
                 task: p.settings().task_index(&obs[0].1).unwrap_or(0),
             };
-            let (_, stats) = p.act(&[first], &sampler)?;
+            let (_, stats) = p.act(&[first], &samplers)?;
             let handle = spawn(
                 p,
                 "127.0.0.1:0",

@@ -291,6 +291,33 @@ impl Demos {
         v
     }
 
+    /// The demonstrations of task `t` alone, as a one-task file (for per-task policies).
+    pub fn only_task(&self, t: usize) -> Result<Demos, RobotError> {
+        let name = self.tasks.get(t).ok_or_else(|| {
+            RobotError::Config(format!("task {t} outside the {} tasks", self.tasks.len()))
+        })?;
+        let (mut obs, mut actions, mut episodes) = (Vec::new(), Vec::new(), Vec::new());
+        for e in self.episodes.iter().filter(|e| e.task == t) {
+            let start = actions.len() / self.act_dim;
+            obs.extend_from_slice(&self.obs[e.start * self.obs_dim..e.end * self.obs_dim]);
+            actions.extend_from_slice(&self.actions[e.start * self.act_dim..e.end * self.act_dim]);
+            episodes.push(Episode {
+                start,
+                end: start + (e.end - e.start),
+                task: 0,
+                ..e.clone()
+            });
+        }
+        Ok(Demos {
+            tasks: vec![name.clone()],
+            obs_dim: self.obs_dim,
+            act_dim: self.act_dim,
+            obs,
+            actions,
+            episodes,
+        })
+    }
+
     /// Episodes kept for training: those where the expert succeeded.
     pub fn successful(&self) -> impl Iterator<Item = &Episode> {
         self.episodes.iter().filter(|e| e.success)

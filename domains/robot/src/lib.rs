@@ -11,6 +11,7 @@
 //! | MetaWorld demonstrations | [`data`] |
 //! | policy: train, load, act | [`policy`] |
 //! | msgpack-numpy wire format | [`wire`] |
+//! | task-routed policy sets | [`set`] |
 //! | websocket policy node | [`server`] |
 //! | Rust client, latency bench | [`client`] |
 
@@ -22,8 +23,10 @@ pub mod error;
 pub mod fast;
 pub mod policy;
 pub mod server;
+pub mod set;
 pub mod wire;
 
 pub use chunk::{ActionChunk, ActionStats};
 pub use error::RobotError;
 pub use policy::{Observation, PolicyConfig, RobotPolicy};
+pub use set::PolicySet;

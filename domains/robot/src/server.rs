@@ -34,7 +34,8 @@ use tokio_tungstenite::tungstenite::Message;
 
 use crate::chunk::ActionChunk;
 use crate::error::RobotError;
-use crate::policy::{Observation, RobotPolicy, RobotSettings};
+use crate::policy::{Observation, RobotSettings};
+use crate::set::PolicySet;
 use crate::wire;
 
 /// Node settings.
@@ -153,12 +154,14 @@ pub fn metadata(settings: &RobotSettings, cfg: &ServeConfig, block: usize) -> se
 }
 
 /// Starts the node on `addr` (e.g. `127.0.0.1:8000`, port 0 = any free port) in background
-/// threads and returns once it is listening.
+/// threads and returns once it is listening. `policy` is one [`crate::RobotPolicy`] or a
+/// task-routed [`PolicySet`].
 pub fn spawn(
-    policy: RobotPolicy,
+    policy: impl Into<PolicySet>,
     addr: &str,
     cfg: ServeConfig,
 ) -> Result<ServerHandle, RobotError> {
+    let policy: PolicySet = policy.into();
     if cfg.max_batch == 0 || cfg.workers == 0 || cfg.queue == 0 || cfg.max_frame_bytes == 0 {
         return Err(RobotError::Config(
             "max_batch, workers, queue and max_frame_bytes must be > 0".into(),
@@ -172,12 +175,12 @@ pub fn spawn(
     let local = std_listener
         .local_addr()
         .map_err(|e| RobotError::Server(e.to_string()))?;
-    let sampler = policy.sampler(cfg.block, cfg.per_step);
+    let samplers = policy.samplers(cfg.block, cfg.per_step);
     let settings = policy.settings().clone();
     let meta = wire::write_frame(&wire::json_to_value(&metadata(
         &settings,
         &cfg,
-        sampler.block_size,
+        samplers[0].block_size,
     )));
     let (tx, rx) = mpsc::channel::<Job>(cfg.queue);
     let deadline = Duration::from_millis(cfg.deadline_ms);
@@ -185,10 +188,10 @@ pub fn spawn(
     let policy = Arc::new(policy);
     let rx = Arc::new(Mutex::new(rx));
     for w in 0..cfg.workers {
-        let (policy, rx, sampler) = (policy.clone(), rx.clone(), sampler.clone());
+        let (policy, rx, samplers) = (policy.clone(), rx.clone(), samplers.clone());
         std::thread::Builder::new()
             .name(format!("blockdiff-policy-{w}"))
-            .spawn(move || inference_loop(&policy, &rx, &sampler, max_batch, deadline))
+            .spawn(move || inference_loop(&policy, &rx, &samplers, max_batch, deadline))
             .map_err(|e| RobotError::Server(e.to_string()))?;
     }
     let shared = Arc::new(Shared {
@@ -385,9 +388,9 @@ async fn infer(frame: &[u8], shared: &Shared) -> Result<Vec<u8>, String> {
 
 /// One inference thread: waits its turn at the queue, takes what is waiting, decodes it.
 fn inference_loop(
-    policy: &RobotPolicy,
+    policy: &PolicySet,
     rx: &Mutex<mpsc::Receiver<Job>>,
-    sampler: &blockdiff_core::sample::SamplerConfig,
+    samplers: &[blockdiff_core::sample::SamplerConfig],
     max_batch: usize,
     deadline: Duration,
 ) {
@@ -432,7 +435,7 @@ fn inference_loop(
             .collect();
         // A panic inside the model must cost one batch its answer, not the node its life.
         let result =
-            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| policy.act(&obs, sampler)));
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| policy.act(&obs, samplers)));
         let infer_ms = start.elapsed().as_secs_f64() * 1e3;
         let batch = live.len();
         match result {

@@ -673,3 +673,104 @@ fn kept_observation_ranges_select_the_condition_and_bad_ranges_are_config_errors
         expect_config_error(prepare(&demos, &cfg).map(|_| ()), "observation range");
     }
 }
+
+/// A per-task policy set: each member learns its own task's demonstrations alone, the set
+/// routes every request of a mixed batch to its task's member (the set's chunks equal each
+/// member's own for the same observations, in request order), the node serves the union of the
+/// tasks through the wire, and broken manifests are config errors naming the problem.
+#[test]
+fn per_task_policy_set_routes_requests_and_rejects_bad_manifests() {
+    use blockdiff_robot::set::{train_per_task, PolicySet, SetManifest, SET_FILE, SET_FORMAT};
+    let demos = synthetic_demos(60, 12, 1);
+    let one = demos.only_task(1).unwrap();
+    assert_eq!(one.tasks, vec!["goal-b".to_string()]);
+    assert_eq!(one.episodes.len(), 30);
+    assert!(one.episodes.iter().all(|e| e.task == 0));
+    let src = demos
+        .episodes
+        .iter()
+        .filter(|e| e.task == 1)
+        .nth(3)
+        .unwrap();
+    let dst = &one.episodes[3];
+    assert_eq!(dst.end - dst.start, src.end - src.start);
+    assert_eq!(one.obs_row(dst.end - 1), demos.obs_row(src.end - 1));
+    assert_eq!(one.chunk(dst, dst.start, H), demos.chunk(src, src.start, H));
+    assert!(matches!(demos.only_task(2), Err(RobotError::Config(_))));
+
+    let dir = tempfile::tempdir().unwrap();
+    let (set, reports) = train_per_task(&demos, &tiny_config(400), dir.path(), false).unwrap();
+    assert_eq!(reports.len(), 2);
+    assert_eq!(set.settings().tasks, demos.tasks);
+    let loaded = PolicySet::load(dir.path()).unwrap();
+    assert_eq!(loaded.members().len(), 2);
+    assert_eq!(loaded.settings().tasks, demos.tasks);
+    let obs = random_observations(16, 5);
+    let (chunks, stats) = loaded.act(&obs, &loaded.samplers(None, None)).unwrap();
+    assert_eq!((chunks.len(), stats.batch), (16, 16));
+    for (m, member) in loaded.members().iter().enumerate() {
+        assert_eq!(member.settings().tasks, vec![demos.tasks[m].clone()]);
+        let (index, local): (Vec<usize>, Vec<Observation>) = obs
+            .iter()
+            .enumerate()
+            .filter(|(_, o)| o.task == m)
+            .map(|(i, o)| {
+                (
+                    i,
+                    Observation {
+                        state: o.state.clone(),
+                        task: 0,
+                    },
+                )
+            })
+            .unzip();
+        let (own, _) = member.act(&local, &member.sampler(None, None)).unwrap();
+        for (i, c) in index.into_iter().zip(own) {
+            assert_eq!(chunks[i], c, "request {i} (task {m})");
+        }
+    }
+    let bad_task = [Observation {
+        state: vec![0.0; OBS],
+        task: 2,
+    }];
+    assert!(matches!(
+        loaded.act(&bad_task, &loaded.samplers(None, None)),
+        Err(RobotError::Observation(_))
+    ));
+
+    let handle = spawn(loaded, "127.0.0.1:0", ServeConfig::default()).unwrap();
+    let addr = handle.addr;
+    tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(async move {
+            let mut c = PolicyClient::connect(addr).await.unwrap();
+            for task in ["goal-a", "goal-b"] {
+                match c.infer(&[0.1, -0.2, 0.0], task).await.unwrap() {
+                    Reply::Frame(_) => {}
+                    Reply::Error(e) => panic!("{task} refused: {e}"),
+                }
+            }
+            match c.infer(&[0.1, -0.2, 0.0], "goal-c").await.unwrap() {
+                Reply::Error(e) => assert!(e.contains("unknown task"), "{e}"),
+                Reply::Frame(_) => panic!("an unknown task was answered"),
+            }
+        });
+    handle.stop();
+
+    let manifest = dir.path().join(SET_FILE);
+    let expect_set_error = |members: &[&str], format: &str, needle: &str| {
+        let m = SetManifest {
+            format: format.into(),
+            members: members.iter().map(|s| s.to_string()).collect(),
+        };
+        std::fs::write(&manifest, serde_json::to_vec(&m).unwrap()).unwrap();
+        expect_config_error(PolicySet::load(dir.path()).map(|_| ()), needle);
+    };
+    expect_set_error(&["goal-a", "goal-a"], SET_FORMAT, "two members");
+    expect_set_error(&["goal-a", "../goal-b"], SET_FORMAT, "relative path");
+    expect_set_error(&["goal-a", "missing"], SET_FORMAT, "\"missing\"");
+    expect_set_error(&[], SET_FORMAT, "at least one member");
+    expect_set_error(&["goal-a"], "something-else/1", "format");
+    std::fs::write(&manifest, b"{not json").unwrap();
+    assert!(PolicySet::load(dir.path()).is_err());
+}
