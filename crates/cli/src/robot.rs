@@ -476,27 +476,20 @@ fn train_policy(d: &Demos, t: &TrainArgs, out: &Path) -> Result<()> {
         cfg.steps,
         if t.per_task { " per task" } else { "" }
     );
-    if t.per_task {
-        let (_, reports) = train_per_task(d, &cfg, out, true)?;
-        for (task, r) in reports {
-            eprintln!(
-                "{task}: train loss {:.4}, val NELBO {:?}, {:.0} tokens/s",
-                r.final_train_loss,
-                r.val_nelbo.last().map(|v| v.1),
-                r.tokens_per_s
-            );
-        }
-        eprintln!("policy set -> {}", out.display());
-        return Ok(());
+    let reports = if t.per_task {
+        train_per_task(d, &cfg, out, true)?.1
+    } else {
+        vec![("policy".to_string(), train(d, &cfg, Some(out), true)?.1)]
+    };
+    for (name, r) in reports {
+        eprintln!(
+            "{name}: train loss {:.4}, val NELBO {:?}, {:.0} tokens/s",
+            r.final_train_loss,
+            r.val_nelbo.last().map(|v| v.1),
+            r.tokens_per_s
+        );
     }
-    let (_, report) = train(d, &cfg, Some(out), true)?;
-    eprintln!(
-        "train loss {:.4}, val NELBO {:?}, {:.0} tokens/s -> {}",
-        report.final_train_loss,
-        report.val_nelbo.last().map(|v| v.1),
-        report.tokens_per_s,
-        out.display()
-    );
+    eprintln!("-> {}", out.display());
     Ok(())
 }
 

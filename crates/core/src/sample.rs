@@ -299,6 +299,18 @@ pub struct SampleStats {
     pub wall_s: f64,
 }
 
+/// The counters of two calls made one after the other on disjoint requests (e.g. one call per
+/// model of a task-routed set): every counter and the wall-clock add up.
+impl std::ops::AddAssign for SampleStats {
+    fn add_assign(&mut self, o: Self) {
+        self.nfe += o.nfe;
+        self.tokens += o.tokens;
+        self.forced += o.forced;
+        self.batch += o.batch;
+        self.wall_s += o.wall_s;
+    }
+}
+
 impl SampleStats {
     /// Tokens committed per model call, per sequence.
     pub fn tokens_per_forward(&self) -> f64 {

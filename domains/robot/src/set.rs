@@ -173,39 +173,34 @@ impl PolicySet {
                 self.members.len()
             )));
         }
+        // One pass: each request's member and its task index there, grouped per member.
+        let mut groups: Vec<(Vec<usize>, Vec<Observation>)> =
+            vec![(Vec::new(), Vec::new()); self.members.len()];
+        for (i, o) in obs.iter().enumerate() {
+            let &(member, task) = self.route.get(o.task).ok_or_else(|| {
+                RobotError::Observation(format!(
+                    "task {} outside the {} tasks the policy set knows",
+                    o.task,
+                    self.route.len()
+                ))
+            })?;
+            groups[member].0.push(i);
+            groups[member].1.push(Observation {
+                state: o.state.clone(),
+                task,
+            });
+        }
         let mut out: Vec<Option<ActionChunk>> = vec![None; obs.len()];
         let mut stats = SampleStats::default();
-        for (m, member) in self.members.iter().enumerate() {
-            let mut index = Vec::new();
-            let mut local = Vec::new();
-            for (i, o) in obs.iter().enumerate() {
-                let &(owner, task) = self.route.get(o.task).ok_or_else(|| {
-                    RobotError::Observation(format!(
-                        "task {} outside the {} tasks the policy set knows",
-                        o.task,
-                        self.route.len()
-                    ))
-                })?;
-                if owner == m {
-                    index.push(i);
-                    local.push(Observation {
-                        state: o.state.clone(),
-                        task,
-                    });
-                }
-            }
+        for (m, (index, local)) in groups.into_iter().enumerate() {
             if local.is_empty() {
                 continue;
             }
-            let (chunks, s) = member.act(&local, &samplers[m])?;
+            let (chunks, s) = self.members[m].act(&local, &samplers[m])?;
             for (i, c) in index.into_iter().zip(chunks) {
                 out[i] = Some(c);
             }
-            stats.nfe += s.nfe;
-            stats.tokens += s.tokens;
-            stats.forced += s.forced;
-            stats.batch += s.batch;
-            stats.wall_s += s.wall_s;
+            stats += s;
         }
         // Every observation's task has an owner (checked above), so every slot is filled.
         Ok((out.into_iter().flatten().collect(), stats))
