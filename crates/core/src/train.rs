@@ -533,6 +533,15 @@ pub fn batch_loss<B: Backend>(
     model: &BlockDiffusionModel<B>,
     batch: NoisedBatch<B>,
 ) -> Tensor<B, 1> {
+    let n = batch.targets.dims()[0];
+    // `loss_len` ≥ L: the configured length when trailing PAD blocks were cut, so the
+    // per-token scale matches the uncut batch.
+    let len = batch.loss_len.max(batch.seq_len);
+    weighted_nll(model, batch).sum() / (n * len) as f64
+}
+
+/// `w · CE` per position `[batch, L]` of a noised batch.
+fn weighted_nll<B: Backend>(model: &BlockDiffusionModel<B>, batch: NoisedBatch<B>) -> Tensor<B, 2> {
     let (logits, _) = model.forward_range(batch.input, None, batch.prompt_len, batch.seq_len);
     let logits = match batch.loo_bonus {
         Some(bonus) => logits + bonus,
@@ -544,12 +553,13 @@ pub fn batch_loss<B: Backend>(
         .gather(2, batch.targets.unsqueeze_dim::<3>(2))
         .reshape([n, l])
         .neg();
-    (nll * batch.weights).sum() / (n * batch.loss_len.max(l)) as f64
+    nll * batch.weights
 }
 
 /// Mean loss over a data set with a fixed seed, always with the NELBO's `1/t` weighting: the NELBO per token at block size `block`
 /// (`Noise::Random`, averaged over `passes` draws), or the exact AR NLL (`block = 1`,
 /// `Noise::AllMasked`).
+#[allow(clippy::too_many_arguments)]
 pub fn evaluate<B: Backend>(
     model: &BlockDiffusionModel<B>,
     model_cfg: &BlockDiffusionConfig,
@@ -560,21 +570,66 @@ pub fn evaluate<B: Backend>(
     passes: usize,
     device: &B::Device,
 ) -> f64 {
+    evaluate_from(model, model_cfg, cfg, data, block, noise, passes, 0, device)
+}
+
+/// [`evaluate`] scoring only positions `from..seq_len` of every example, each with all the
+/// positions before it as context: the loss of a model that always sees at least `from`
+/// tokens, as when a stream slides its window over the KV cache. `from = 0` is [`evaluate`];
+/// `from ≥ seq_len` scores nothing and gives NaN.
+#[allow(clippy::too_many_arguments)]
+pub fn evaluate_from<B: Backend>(
+    model: &BlockDiffusionModel<B>,
+    model_cfg: &BlockDiffusionConfig,
+    cfg: &TrainConfig,
+    data: &[Example],
+    block: usize,
+    noise: Noise,
+    passes: usize,
+    from: usize,
+    device: &B::Device,
+) -> f64 {
+    let per_pos = evaluate_positions(model, model_cfg, cfg, data, block, noise, passes, device);
+    let tail = per_pos.get(from..).unwrap_or(&[]);
+    tail.iter().sum::<f64>() / tail.len() as f64
+}
+
+/// The loss of [`evaluate`] per position: entry `i` is the mean over examples (and passes)
+/// of position `i`'s weighted cross-entropy, so the mean of the vector is [`evaluate`]'s
+/// number and a slice's mean is the loss at that range of context lengths.
+#[allow(clippy::too_many_arguments)]
+pub fn evaluate_positions<B: Backend>(
+    model: &BlockDiffusionModel<B>,
+    model_cfg: &BlockDiffusionConfig,
+    cfg: &TrainConfig,
+    data: &[Example],
+    block: usize,
+    noise: Noise,
+    passes: usize,
+    device: &B::Device,
+) -> Vec<f64> {
     let mut rng = StdRng::seed_from_u64(cfg.seed ^ 0x5EED_E7A1);
     let cfg = &cfg.clone().with_loss_weighting(LossWeighting::InverseT);
-    let mut total = 0.0;
+    let mut total = vec![0.0f64; cfg.seq_len];
     let mut count = 0usize;
     for _ in 0..passes.max(1) {
         for chunk in data.chunks(cfg.batch_size.max(1)) {
             let refs: Vec<&Example> = chunk.iter().collect();
             let batch =
                 noised_batch::<B>(&refs, model_cfg, cfg, block, noise, false, &mut rng, device);
-            let loss: f64 = batch_loss(model, batch).into_scalar().elem();
-            total += loss * chunk.len() as f64;
+            let sums = weighted_nll(model, batch).sum_dim(0);
+            let sums: Vec<f32> = sums
+                .into_data()
+                .convert::<f32>()
+                .to_vec()
+                .expect("f32 data");
+            for (t, s) in total.iter_mut().zip(sums) {
+                *t += s as f64;
+            }
             count += chunk.len();
         }
     }
-    total / count as f64
+    total.iter().map(|t| t / count.max(1) as f64).collect()
 }
 
 /// Rescales all gradients so their global L2 norm is at most `max_norm`; returns the norm.
@@ -850,6 +905,58 @@ mod tests {
         let cut = logits(8);
         let diff: f32 = (full - cut).abs().max().into_scalar().elem();
         assert!(diff <= 1e-5, "kept logits changed by {diff}");
+    }
+
+    /// Per-position AR losses: entry `i` reads only tokens up to `i` (changing later tokens
+    /// leaves it bit-identical and changes the later entries), their mean is `evaluate`'s
+    /// number, and `evaluate_from` is the mean of the tail.
+    #[test]
+    fn per_position_ar_loss_reads_only_the_prefix() {
+        let device = Default::default();
+        let mcfg = BlockDiffusionConfig::new(24)
+            .with_d_model(16)
+            .with_n_layers(2)
+            .with_n_heads(2);
+        let model = mcfg.init::<CpuBackend>(&device);
+        let len = 12;
+        let cfg = TrainConfig::new(len).with_batch_size(2);
+        let a: Vec<Example> = (0..3u32)
+            .map(|k| Example::tokens((0..len as u32).map(|i| 4 + (i * 7 + k) % 19).collect()))
+            .collect();
+        let cut = 7;
+        let b: Vec<Example> = a
+            .iter()
+            .map(|e| {
+                let mut t = e.tokens.clone();
+                for x in &mut t[cut..] {
+                    *x = 4 + (*x - 4 + 5) % 19;
+                }
+                Example::tokens(t)
+            })
+            .collect();
+        let pos = |d: &[Example]| {
+            evaluate_positions(&model, &mcfg, &cfg, d, 1, Noise::AllMasked, 1, &device)
+        };
+        let (pa, pb) = (pos(&a), pos(&b));
+        assert_eq!(pa.len(), len);
+        assert_eq!(pa[..cut], pb[..cut], "a position's loss read a later token");
+        assert!(pa[cut..].iter().zip(&pb[cut..]).all(|(x, y)| x != y));
+        let all = evaluate(&model, &mcfg, &cfg, &a, 1, Noise::AllMasked, 1, &device);
+        let mean = pa.iter().sum::<f64>() / len as f64;
+        assert!((all - mean).abs() < 1e-9, "{all} vs {mean}");
+        let tail = evaluate_from(
+            &model,
+            &mcfg,
+            &cfg,
+            &a,
+            1,
+            Noise::AllMasked,
+            1,
+            cut,
+            &device,
+        );
+        let want = pa[cut..].iter().sum::<f64>() / (len - cut) as f64;
+        assert!((tail - want).abs() < 1e-9 && tail.is_finite());
     }
 
     /// Length-bucketed draws: the anchor is uniform and companions lie within the window of

@@ -356,13 +356,14 @@ impl NgramBaseline {
         }
     }
 
-    /// Bits per token on token windows.
-    pub fn bits(&self, windows: &[&[u32]]) -> (f64, f64) {
+    /// Bits per token on token windows, scoring each window's positions from `from` on (the
+    /// bigram still sees the token before `from`).
+    pub fn bits(&self, windows: &[&[u32]], from: usize) -> (f64, f64) {
         let total: f64 = self.unigram.iter().sum();
         let denom_uni = total + self.alpha * self.vocab as f64;
         let (mut u, mut b, mut n) = (0.0, 0.0, 0usize);
         for w in windows {
-            for (i, &t) in w.iter().enumerate() {
+            for (i, &t) in w.iter().enumerate().skip(from) {
                 let t = t as usize;
                 let pu = (self.unigram[t] + self.alpha) / denom_uni;
                 u -= pu.log2();
@@ -380,25 +381,27 @@ impl NgramBaseline {
         (u / n.max(1) as f64, b / n.max(1) as f64)
     }
 
-    /// Fits on `train`, picks α on `val` (best bigram bits), returns the bits on `test`.
+    /// Fits on `train`, picks α on `val` (best bigram bits), returns the bits on `test`
+    /// (positions from `from` on in every window, as [`Self::bits`]).
     pub fn evaluate(
         train: &[Vec<u32>],
         val: &[&[u32]],
         test: &[&[u32]],
         vocab: usize,
+        from: usize,
     ) -> NgramBits {
         // Counts once; only the smoothing changes between candidates.
         let mut m = Self::fit(train, vocab, 1e-3);
         let mut best = (f64::INFINITY, m.alpha);
         for alpha in [1e-3, 1e-2, 0.1, 1.0] {
             m.alpha = alpha;
-            let (_, vb) = m.bits(if val.is_empty() { test } else { val });
+            let (_, vb) = m.bits(if val.is_empty() { test } else { val }, from);
             if vb < best.0 {
                 best = (vb, alpha);
             }
         }
         m.alpha = best.1;
-        let (unigram, bigram) = m.bits(test);
+        let (unigram, bigram) = m.bits(test, from);
         NgramBits {
             unigram,
             bigram,
@@ -500,7 +503,7 @@ mod tests {
     fn bigram_beats_unigram_on_a_cycle() {
         let stream: Vec<u32> = (0..3000).map(|i| 4 + (i % 5) as u32).collect();
         let w: Vec<&[u32]> = stream.chunks(100).collect();
-        let bits = NgramBaseline::evaluate(std::slice::from_ref(&stream), &w, &w, 9);
+        let bits = NgramBaseline::evaluate(std::slice::from_ref(&stream), &w, &w, 9, 0);
         assert!(
             (bits.unigram - 5f64.log2()).abs() < 0.01,
             "{}",

@@ -10,7 +10,7 @@ use blockdiff_core::condition::Example;
 use blockdiff_core::model::{BlockDiffusionConfig, BlockDiffusionModel};
 use blockdiff_core::sample::{CommitPolicy, SamplerConfig};
 use blockdiff_core::train::{
-    evaluate, train as core_train, CheckpointSpec, Noise, TrainConfig, TrainReport,
+    evaluate_positions, train as core_train, CheckpointSpec, Noise, TrainConfig, TrainReport,
 };
 use blockdiff_core::{CpuBackend, CpuTrainBackend};
 use burn::prelude::*;
@@ -41,6 +41,11 @@ impl MusicSettings {
     /// Tokens per block.
     pub fn block_tokens(&self) -> usize {
         self.block_frames * self.frame_len()
+    }
+    /// Tokens of context a streamed block sees once the window is full: the sliding window
+    /// keeps `seq_len` tokens, the block being decoded included (`blockdiff_core::stream`).
+    pub fn stream_context(&self) -> usize {
+        self.seq_len.saturating_sub(self.block_tokens())
     }
 }
 
@@ -300,12 +305,16 @@ impl MusicModel {
     }
 
     /// Held-out bits per token on token windows: the exact AR-mode NLL (block size 1) and the
-    /// block-diffusion NELBO bound at the generation block size.
-    pub fn bits_per_token(&self, windows: &[Example]) -> (f64, f64) {
+    /// block-diffusion NELBO bound at the generation block size, over whole windows and over
+    /// the positions from [`MusicSettings::stream_context`] on (the context every block of a
+    /// stream has).
+    pub fn bits_per_token(&self, windows: &[Example]) -> HeldOutBits {
         let device = Default::default();
         let tcfg = TrainConfig::new(self.settings.seq_len).with_batch_size(8);
         let ln2 = std::f64::consts::LN_2;
-        let ar = evaluate(
+        let from = self.settings.stream_context();
+        let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64 / ln2;
+        let ar = evaluate_positions(
             &self.model,
             &self.model_cfg,
             &tcfg,
@@ -315,7 +324,7 @@ impl MusicModel {
             1,
             &device,
         );
-        let block = evaluate(
+        let block = evaluate_positions(
             &self.model,
             &self.model_cfg,
             &tcfg,
@@ -325,6 +334,27 @@ impl MusicModel {
             2,
             &device,
         );
-        (ar / ln2, block / ln2)
+        HeldOutBits {
+            ar_window: mean(&ar),
+            block_window: mean(&block),
+            ar_stream: mean(&ar[from..]),
+            block_stream: mean(&block[from..]),
+            stream_context: from,
+        }
     }
+}
+
+/// [`MusicModel::bits_per_token`]'s numbers (bits per token).
+#[derive(Clone, Copy, Debug)]
+pub struct HeldOutBits {
+    /// AR-mode NLL over whole windows (a window's first tokens have no context).
+    pub ar_window: f64,
+    /// Block NELBO over whole windows.
+    pub block_window: f64,
+    /// AR-mode NLL of the positions from `stream_context` on.
+    pub ar_stream: f64,
+    /// Block NELBO of the same positions.
+    pub block_stream: f64,
+    /// First scored position of the stream numbers.
+    pub stream_context: usize,
 }
