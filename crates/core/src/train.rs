@@ -174,6 +174,31 @@ pub struct NoisedBatch<B: Backend> {
     loo_bonus: Option<Tensor<B, 3>>,
 }
 
+impl<B: Backend> NoisedBatch<B> {
+    /// Rows `start..start + len` of the batch (every per-example tensor narrowed; the mask,
+    /// positions and loss scale are shared): one data-parallel peer's share of a batch noised
+    /// once for all peers, so the union of the shares is exactly the single-process batch.
+    pub fn rows(self, start: usize, len: usize) -> Self {
+        let input = self.input;
+        Self {
+            input: ForwardInput {
+                tokens: input.tokens.narrow(0, start, len),
+                positions: input.positions,
+                cond: input.cond.map(|t| t.narrow(0, start, len)),
+                cond_drop: input.cond_drop.map(|t| t.narrow(0, start, len)),
+                mask: input.mask,
+                request_features: input.request_features.map(|t| t.narrow(0, start, len)),
+            },
+            prompt_len: self.prompt_len,
+            seq_len: self.seq_len,
+            loss_len: self.loss_len,
+            targets: self.targets.narrow(0, start, len),
+            weights: self.weights.narrow(0, start, len),
+            loo_bonus: self.loo_bonus.map(|t| t.narrow(0, start, len)),
+        }
+    }
+}
+
 /// Frames an example's tokens to exactly `seq_len`: `tokens ⊕ EOS ⊕ PAD…`.
 pub fn frame(tokens: &[u32], seq_len: usize) -> Option<Vec<u32>> {
     if tokens.len() > seq_len {
@@ -704,9 +729,47 @@ pub fn train_step<B: AutodiffBackend, O: Optimizer<BlockDiffusionModel<B>, B>>(
     (optim.step(lr, model, grads), loss_v)
 }
 
+/// [`train_step`] of one data-parallel peer: the gradients and the loss are averaged over the
+/// peers (all-reduce, mean) before clipping and the optimiser step.
+fn train_step_all_reduce<B: AutodiffBackend, O: Optimizer<BlockDiffusionModel<B>, B>>(
+    model: BlockDiffusionModel<B>,
+    optim: &mut O,
+    batch: NoisedBatch<B>,
+    lr: f64,
+    grad_clip: f64,
+    peer: burn::collective::PeerId,
+) -> Result<(BlockDiffusionModel<B>, f64), TrainError> {
+    use burn::collective::{all_reduce, ReduceOperation};
+    let collective = |e: burn::collective::CollectiveError| {
+        TrainError::Config(format!("collective all-reduce: {e:?}"))
+    };
+    let loss = batch_loss(&model, batch);
+    // The mean loss of all peers: every peer sees the same value, so a non-finite loss stops
+    // them all at the same step instead of leaving the others waiting in an all-reduce.
+    let mean_loss = all_reduce::<B::InnerBackend>(
+        peer,
+        loss.clone().inner().into_primitive().tensor(),
+        ReduceOperation::Mean,
+    )
+    .map_err(collective)?;
+    let loss_v: f64 = Tensor::<B::InnerBackend, 1>::from_primitive(
+        burn::tensor::TensorPrimitive::Float(mean_loss),
+    )
+    .into_scalar()
+    .elem();
+    let grads = loss.backward();
+    let mut grads = GradientsParams::from_grads(grads, &model)
+        .all_reduce::<B::InnerBackend>(peer, ReduceOperation::Mean)
+        .map_err(collective)?;
+    if grad_clip > 0.0 {
+        clip_global_norm(&model, &mut grads, grad_clip);
+    }
+    Ok((optim.step(lr, model, grads), loss_v))
+}
+
 /// Trains `model` on `train`, validating on `val`. Deterministic for a given seed.
 pub fn train<B: AutodiffBackend>(
-    mut model: BlockDiffusionModel<B>,
+    model: BlockDiffusionModel<B>,
     model_cfg: &BlockDiffusionConfig,
     cfg: &TrainConfig,
     train: &[Example],
@@ -714,6 +777,118 @@ pub fn train<B: AutodiffBackend>(
     ckpt: Option<CheckpointSpec<'_>>,
     device: &B::Device,
 ) -> Result<(BlockDiffusionModel<B>, TrainReport), TrainError> {
+    train_peer(model, model_cfg, cfg, train, val, ckpt, device, None)
+}
+
+/// One data-parallel peer (see [`train_data_parallel`]).
+#[derive(Clone, Copy, Debug)]
+struct Peer {
+    /// Index among the peers (its share of every batch); peer 0 validates and saves.
+    index: usize,
+    /// Number of peers.
+    count: usize,
+}
+
+impl Peer {
+    fn id(&self) -> burn::collective::PeerId {
+        burn::collective::PeerId::from(self.index as u32)
+    }
+}
+
+/// Data-parallel training on several devices through burn's collective: one thread per
+/// device, each holding a replica of `model`. Every step's batch is drawn and noised exactly
+/// as [`train`] draws it, each peer takes its `batch_size / devices` rows, and the gradients
+/// (and the loss) are averaged by an all-reduce before clipping and AdamW, so the replicas stay
+/// identical and the run is single-device training on the same batches (up to the order of
+/// float sums). `batch_size` must be a multiple of the number of devices. Peer 0 validates,
+/// shows progress and writes the checkpoints; its model and report are returned.
+#[allow(clippy::too_many_arguments)]
+pub fn train_data_parallel<B: AutodiffBackend>(
+    model: BlockDiffusionModel<B>,
+    model_cfg: &BlockDiffusionConfig,
+    cfg: &TrainConfig,
+    train: &[Example],
+    val: &[Example],
+    ckpt: Option<CheckpointSpec<'_>>,
+    devices: &[B::Device],
+) -> Result<(BlockDiffusionModel<B>, TrainReport), TrainError> {
+    use burn::collective::{finish_collective, register, CollectiveConfig};
+    let count = devices.len();
+    if count == 0 {
+        return Err(TrainError::Config(
+            "data-parallel training needs a device".into(),
+        ));
+    }
+    if cfg.batch_size % count != 0 {
+        return Err(TrainError::Config(format!(
+            "batch_size {} is not a multiple of the {count} data-parallel devices",
+            cfg.batch_size
+        )));
+    }
+    cfg.validate()?;
+    let collective =
+        |e: burn::collective::CollectiveError| TrainError::Config(format!("collective: {e:?}"));
+    let ckpt = ckpt.as_ref();
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = devices
+            .iter()
+            .enumerate()
+            .map(|(index, device)| {
+                let replica = model.clone().fork(device);
+                // Every peer resumes from the same state; only peer 0 writes (`train_peer`).
+                let spec = ckpt.map(|s| CheckpointSpec {
+                    dir: s.dir,
+                    tokenizer: s.tokenizer.clone(),
+                    resume: s.resume,
+                });
+                scope.spawn(move || {
+                    let peer = Peer { index, count };
+                    register::<B::InnerBackend>(
+                        peer.id(),
+                        device.clone(),
+                        CollectiveConfig::default().with_num_devices(count),
+                    )
+                    .map_err(collective)?;
+                    let out = train_peer(
+                        replica,
+                        model_cfg,
+                        cfg,
+                        train,
+                        if index == 0 { val } else { &[] },
+                        spec,
+                        device,
+                        Some(peer),
+                    );
+                    finish_collective::<B::InnerBackend>(peer.id()).map_err(collective)?;
+                    out
+                })
+            })
+            .collect();
+        let mut results: Vec<_> = handles
+            .into_iter()
+            .map(|h| {
+                h.join().unwrap_or_else(|_| {
+                    Err(TrainError::Config("a data-parallel peer panicked".into()))
+                })
+            })
+            .collect();
+        let first = results.remove(0);
+        results.into_iter().find(|r| r.is_err()).unwrap_or(first)
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+fn train_peer<B: AutodiffBackend>(
+    mut model: BlockDiffusionModel<B>,
+    model_cfg: &BlockDiffusionConfig,
+    cfg: &TrainConfig,
+    train: &[Example],
+    val: &[Example],
+    ckpt: Option<CheckpointSpec<'_>>,
+    device: &B::Device,
+    peer: Option<Peer>,
+) -> Result<(BlockDiffusionModel<B>, TrainReport), TrainError> {
+    let lead = peer.is_none_or(|p| p.index == 0);
     cfg.validate()?;
     check_data(train, model_cfg, cfg.seq_len, "training")?;
     if !val.is_empty() {
@@ -735,7 +910,7 @@ pub fn train<B: AutodiffBackend>(
                 .init::<B, BlockDiffusionModel<B>>();
         }
     }
-    let bar = if cfg.progress {
+    let bar = if cfg.progress && lead {
         let b = ProgressBar::new(cfg.steps as u64);
         b.set_style(
             ProgressStyle::with_template("{spinner} train [{bar:30}] {pos}/{len} {msg} ({eta})")
@@ -803,7 +978,14 @@ pub fn train<B: AutodiffBackend>(
             device,
         );
         let lr = warmup_cosine(step, cfg.warmup_steps, cfg.steps, cfg.lr, cfg.min_lr_ratio);
-        let (m, loss_v) = train_step(model, &mut optim, batch, lr, cfg.grad_clip);
+        let (m, loss_v) = match peer {
+            None => train_step(model, &mut optim, batch, lr, cfg.grad_clip),
+            Some(p) => {
+                let share = refs.len() / p.count;
+                let batch = batch.rows(p.index * share, share);
+                train_step_all_reduce(model, &mut optim, batch, lr, cfg.grad_clip, p.id())?
+            }
+        };
         model = m;
         if !loss_v.is_finite() {
             return Err(TrainError::Data(format!(
@@ -823,7 +1005,7 @@ pub fn train<B: AutodiffBackend>(
             tracing::info!(step = done, val_nelbo = v, "validation");
             report.val_nelbo.push((done, v));
         }
-        if let Some(spec) = &ckpt {
+        if let Some(spec) = ckpt.as_ref().filter(|_| lead) {
             if cfg.checkpoint_every > 0 && done % cfg.checkpoint_every == 0 && done < cfg.steps {
                 checkpoint::save(spec.dir, &model.valid(), model_cfg, &spec.tokenizer)?;
                 checkpoint::save_resume(spec.dir, &model, &optim, done)?;
@@ -844,7 +1026,7 @@ pub fn train<B: AutodiffBackend>(
         let v = validate(&model);
         report.val_nelbo.push((last_step, v));
     }
-    if let Some(spec) = &ckpt {
+    if let Some(spec) = ckpt.as_ref().filter(|_| lead) {
         checkpoint::save(spec.dir, &model.valid(), model_cfg, &spec.tokenizer)?;
         checkpoint::write_json(&spec.dir.join(checkpoint::TRAIN_CONFIG_FILE), &cfg)?;
         checkpoint::save_resume(spec.dir, &model, &optim, last_step)?;

@@ -1,0 +1,119 @@
+//! Data-parallel training through burn's collective (one thread per device; here two peers on
+//! the CPU device): every peer trains on its share of the single-process batch and the
+//! all-reduced gradients keep the replicas identical, so the result equals single-device
+//! training on the same batches up to the order of float sums.
+
+use blockdiff_core::burn::module::AutodiffModule;
+use blockdiff_core::burn::prelude::*;
+use blockdiff_core::checkpoint;
+use blockdiff_core::condition::Example;
+use blockdiff_core::error::TrainError;
+use blockdiff_core::model::{BlockDiffusionConfig, BlockDiffusionModel};
+use blockdiff_core::train::{train, train_data_parallel, CheckpointSpec, TrainConfig};
+use blockdiff_core::{CpuBackend, CpuTrainBackend};
+
+fn data() -> Vec<Example> {
+    (0..32)
+        .map(|i| {
+            Example::tokens(
+                (0..10 + i % 5)
+                    .map(|j| 4 + ((i * 7 + j * 3 + j * j) % 12) as u32)
+                    .collect(),
+            )
+        })
+        .collect()
+}
+
+/// The tensor data of a safetensors file (its JSON header's metadata has no fixed order).
+fn payload(bytes: Vec<u8>) -> Vec<u8> {
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    bytes[8 + n..].to_vec()
+}
+
+/// Every weight, in the checkpoint's tensor order.
+fn weights(model: &BlockDiffusionModel<CpuTrainBackend>) -> Vec<f32> {
+    payload(checkpoint::weights_to_bytes(&model.valid()))
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+        .collect()
+}
+
+fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+#[test]
+fn two_peers_train_like_one_device_on_the_same_batches() {
+    let device: Device<CpuTrainBackend> = Default::default();
+    let mcfg = BlockDiffusionConfig::new(16)
+        .with_d_model(32)
+        .with_n_layers(2)
+        .with_n_heads(2);
+    let tcfg = TrainConfig::new(16)
+        .with_steps(6)
+        .with_batch_size(8)
+        .with_lr(1e-2)
+        .with_warmup_steps(1)
+        .with_block_sizes(vec![1, 4, 8])
+        .with_block_weights(vec![1.0, 1.0, 1.0])
+        .with_eval_block_size(4)
+        .with_progress(false);
+    let d = data();
+    <CpuTrainBackend as Backend>::seed(&device, 3);
+    let init = mcfg.init::<CpuTrainBackend>(&device);
+    let w0 = weights(&init);
+
+    let (single, r1) = train(init.clone(), &mcfg, &tcfg, &d, &d[..8], None, &device).unwrap();
+    let dir = std::env::temp_dir().join(format!("blockdiff-ddp-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let spec = CheckpointSpec {
+        dir: &dir,
+        tokenizer: serde_json::json!({}),
+        resume: false,
+    };
+    let devices = vec![device.clone(), device.clone()];
+    let (parallel, r2) = train_data_parallel(
+        init.clone(),
+        &mcfg,
+        &tcfg,
+        &d,
+        &d[..8],
+        Some(spec),
+        &devices,
+    )
+    .unwrap();
+
+    let (w1, w2) = (weights(&single), weights(&parallel));
+    let moved = max_diff(&w0, &w1);
+    let diff = max_diff(&w1, &w2);
+    eprintln!("moved {moved}, two peers vs one device {diff}");
+    assert!(moved > 1e-2, "training moved the weights by only {moved}");
+    assert!(
+        diff <= 1e-4,
+        "two peers differ from one device by {diff} (training moved weights by {moved})"
+    );
+    assert_eq!(r2.steps, 6);
+    let (l1, l2) = (r1.final_train_loss, r2.final_train_loss);
+    assert!(
+        (l1 - l2).abs() <= 1e-4 * l1.abs().max(1.0),
+        "loss {l1} vs {l2}"
+    );
+    // Peer 0 validated and saved; the checkpoint holds the trained replica.
+    assert_eq!(r2.val_nelbo.len(), 1);
+    let back = checkpoint::load::<CpuBackend>(&dir, &device).unwrap();
+    let saved = payload(checkpoint::weights_to_bytes(&back.model));
+    assert!(saved == payload(checkpoint::weights_to_bytes(&parallel.valid())));
+    let _ = std::fs::remove_dir_all(&dir);
+
+    // A batch that does not split evenly is a typed error, before any peer starts.
+    let three = vec![device.clone(), device.clone(), device];
+    let err = train_data_parallel(init, &mcfg, &tcfg, &d, &[], None, &three).unwrap_err();
+    assert!(
+        matches!(&err, TrainError::Config(m) if m.contains("multiple of the 3")),
+        "{err}"
+    );
+}
