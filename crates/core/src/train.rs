@@ -293,7 +293,10 @@ pub enum NoiseKernel {
 /// How the noised batch is drawn.
 #[derive(Clone, Copy, Debug)]
 pub enum Noise {
-    /// One rate per block, `U[t_min, t_max]` (evaluation).
+    /// Evaluation: the NELBO's unbiased estimator. Per block `k ~ U{1..B}` (stratified over
+    /// the batch's blocks) positions are masked uniformly at random with loss weight `B/k`,
+    /// whose expectation is the continuous-time NELBO over the whole `t ∈ [0, 1]`, whatever
+    /// training clip `[t_min, t_max]` the config has.
     Random,
     /// Training at `progress ∈ [0, 1]` of the run: like `Random`, or from the Beta curriculum
     /// when the config has one.
@@ -374,7 +377,32 @@ pub fn noised_batch<B: Backend>(
             }
             let (masked, w): (Vec<bool>, f64) = match noise {
                 Noise::AllMasked => (vec![true; block], 1.0),
-                Noise::Random | Noise::Training { .. } => {
+                Noise::Random => {
+                    // k ~ U{1..B} from the block's stratified uniform draw, k positions
+                    // masked uniformly at random, weight B/k: per block the expectation is
+                    // Σ_k c_k (c_k: mean loss of a masked token when k are masked), the
+                    // continuous-time NELBO over t ∈ [0, 1] (∫ (1/t)·Bin(k; B, t) k dt = 1),
+                    // without the training clip [t_min, t_max] (which weighs k = 1 by
+                    // 1 − (1 − t_min)^B less) and with finite variance.
+                    let span = cfg.t_max - cfg.t_min;
+                    let u = if span > 0.0 {
+                        (t_block - cfg.t_min) / span
+                    } else {
+                        rng.random::<f64>()
+                    };
+                    let k = ((u * block as f64) as usize + 1).min(block);
+                    let mut order: Vec<usize> = (0..block).collect();
+                    for a in 0..k {
+                        let b = rng.random_range(a..block);
+                        order.swap(a, b);
+                    }
+                    let mut m = vec![false; block];
+                    for &j in &order[..k] {
+                        m[j] = true;
+                    }
+                    (m, block as f64 / k as f64)
+                }
+                Noise::Training { .. } => {
                     let t = t_block;
                     let m: Vec<bool> = (0..block).map(|_| rng.random::<f64>() < t).collect();
                     let count = m.iter().filter(|&&x| x).count();
@@ -1139,6 +1167,30 @@ mod tests {
         );
         let want = pa[cut..].iter().sum::<f64>() / (len - cut) as f64;
         assert!((tail - want).abs() < 1e-9 && tail.is_finite());
+    }
+
+    /// At block size 1 the NELBO estimator masks the block's one position with weight 1, so
+    /// it is the exact AR likelihood bit for bit, whatever the training clip; the old
+    /// `t ~ U[t_min, t_max]`, weight `1/t` draw was only right in expectation (and biased by
+    /// the clip).
+    #[test]
+    fn nelbo_at_block_one_is_the_ar_likelihood() {
+        let device = Default::default();
+        let mcfg = BlockDiffusionConfig::new(24)
+            .with_d_model(16)
+            .with_n_layers(2)
+            .with_n_heads(2);
+        let model = mcfg.init::<CpuBackend>(&device);
+        let data: Vec<Example> = (0..5u32)
+            .map(|k| Example::tokens((0..10).map(|i| 4 + (i * 5 + k * 3) % 19).collect()))
+            .collect();
+        let cfg = TrainConfig::new(12)
+            .with_batch_size(2)
+            .with_t_min(0.3)
+            .with_t_max(0.8);
+        let ar = evaluate(&model, &mcfg, &cfg, &data, 1, Noise::AllMasked, 1, &device);
+        let nelbo = evaluate(&model, &mcfg, &cfg, &data, 1, Noise::Random, 3, &device);
+        assert_eq!(ar, nelbo);
     }
 
     /// Length-bucketed draws: the anchor is uniform and companions lie within the window of

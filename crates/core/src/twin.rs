@@ -406,7 +406,7 @@ pub fn time_on<B: AutodiffBackend>(spec: &TwinSpec, device: &B::Device) -> TwinT
             &cfg,
             &tcfg,
             spec.block_size,
-            Noise::Random,
+            Noise::Training { progress: 0.0 },
             false,
             &mut rng,
             device,
