@@ -235,6 +235,13 @@ fn bench_core(
         "true entropy {:.4} nats/token | held-out NELBO (block {}) {:.4} | held-out AR NLL {:.4}",
         report.true_entropy, task.block_size, report.fit.val_nelbo_block, report.fit.val_nll_ar
     );
+    let h = report.true_entropy;
+    for (b, v) in &report.fit.val_nelbo_by_block {
+        println!(
+            "held-out NELBO at block {b}: {v:.4} nats/token ({:+.1}% vs the true entropy)",
+            100.0 * (v / h - 1.0)
+        );
+    }
     println!(
         "best block policy {}: {:.2}x AR wall-clock at batch 1, {:.2}x at batch 16, {:.2} tokens/forward; KV cache {:.2}x vs recompute",
         report.best_block,

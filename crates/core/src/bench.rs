@@ -151,6 +151,9 @@ pub struct MarkovFit {
     pub val_nelbo_block: f64,
     /// Held-out exact NLL per token of the AR mode (block size 1) of the same weights.
     pub val_nll_ar: f64,
+    /// Held-out NELBO per token at every trained block size above 1 (block, nats).
+    #[serde(default)]
+    pub val_nelbo_by_block: Vec<(usize, f64)>,
     /// The training run.
     pub train: TrainReport,
 }
@@ -212,6 +215,12 @@ pub fn fit_markov(
         entropy_rate: src.entropy_rate(),
         val_nelbo_block: t.evaluate(task.block_size, Noise::Random, 4),
         val_nll_ar: t.evaluate(1, Noise::AllMasked, 1),
+        val_nelbo_by_block: task
+            .block_sizes
+            .iter()
+            .filter(|&&b| b > 1)
+            .map(|&b| (b, t.evaluate(b, Noise::Random, 4)))
+            .collect(),
         train: t.report.clone(),
     };
     (t.model, fit)
