@@ -609,9 +609,9 @@ fn weighted_nll<B: Backend>(model: &BlockDiffusionModel<B>, batch: NoisedBatch<B
     nll * batch.weights
 }
 
-/// Mean loss over a data set with a fixed seed, always with the NELBO's `1/t` weighting: the NELBO per token at block size `block`
-/// (`Noise::Random`, averaged over `passes` draws), or the exact AR NLL (`block = 1`,
-/// `Noise::AllMasked`).
+/// Mean loss per token over a data set with a fixed seed: the NELBO at block size `block`
+/// (`Noise::Random`, its unbiased estimator averaged over `passes` draws), or the exact AR NLL
+/// (`block = 1`, `Noise::AllMasked`).
 #[allow(clippy::too_many_arguments)]
 pub fn evaluate<B: Backend>(
     model: &BlockDiffusionModel<B>,
