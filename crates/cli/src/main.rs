@@ -160,6 +160,8 @@ fn main() -> Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
+    let retained = blockdiff_core::retain_freed_memory();
+    tracing::debug!(retained, "allocator keeps freed memory");
     run(Cli::parse().command)
 }
 
