@@ -795,6 +795,26 @@ fn train_step_all_reduce<B: AutodiffBackend, O: Optimizer<BlockDiffusionModel<B>
     Ok((optim.step(lr, model, grads), loss_v))
 }
 
+/// All-reduces one flag over the peers; true when no peer raised it (`raised`). A collective
+/// failure counts as raised.
+fn peer_flags_clear<B: AutodiffBackend>(peer: Peer, raised: bool, device: &B::Device) -> bool {
+    use burn::collective::{all_reduce, ReduceOperation};
+    let flag = Tensor::<B::InnerBackend, 1>::from_floats([raised as u8 as f32], device);
+    all_reduce::<B::InnerBackend>(
+        peer.id(),
+        flag.into_primitive().tensor(),
+        ReduceOperation::Sum,
+    )
+    .map(|t| {
+        let sum: f32 =
+            Tensor::<B::InnerBackend, 1>::from_primitive(burn::tensor::TensorPrimitive::Float(t))
+                .into_scalar()
+                .elem();
+        sum == 0.0
+    })
+    .unwrap_or(false)
+}
+
 /// Trains `model` on `train`, validating on `val`. Deterministic for a given seed.
 pub fn train<B: AutodiffBackend>(
     model: BlockDiffusionModel<B>,
@@ -854,6 +874,11 @@ pub fn train_data_parallel<B: AutodiffBackend>(
         )));
     }
     cfg.validate()?;
+    // Checked before any peer starts: a peer that failed alone would leave the others waiting.
+    check_data(train, model_cfg, cfg.seq_len, "training")?;
+    if !val.is_empty() {
+        check_data(val, model_cfg, cfg.seq_len, "validation")?;
+    }
     let collective =
         |e: burn::collective::CollectiveError| TrainError::Config(format!("collective: {e:?}"));
     let ckpt = ckpt.as_ref();
@@ -900,8 +925,12 @@ pub fn train_data_parallel<B: AutodiffBackend>(
                 })
             })
             .collect();
+        // Peer 0's error first (it is the one that writes), then any other peer's.
         let first = results.remove(0);
-        results.into_iter().find(|r| r.is_err()).unwrap_or(first)
+        match first {
+            Err(e) => Err(e),
+            Ok(done) => results.into_iter().find(|r| r.is_err()).unwrap_or(Ok(done)),
+        }
     })
 }
 
@@ -1033,10 +1062,27 @@ fn train_peer<B: AutodiffBackend>(
             tracing::info!(step = done, val_nelbo = v, "validation");
             report.val_nelbo.push((done, v));
         }
-        if let Some(spec) = ckpt.as_ref().filter(|_| lead) {
+        if let Some(spec) = &ckpt {
             if cfg.checkpoint_every > 0 && done % cfg.checkpoint_every == 0 && done < cfg.steps {
-                checkpoint::save(spec.dir, &model.valid(), model_cfg, &spec.tokenizer)?;
-                checkpoint::save_resume(spec.dir, &model, &optim, done)?;
+                let saved = if lead {
+                    checkpoint::save(spec.dir, &model.valid(), model_cfg, &spec.tokenizer)
+                        .and_then(|()| checkpoint::save_resume(spec.dir, &model, &optim, done))
+                } else {
+                    Ok(())
+                };
+                // Only peer 0 writes: the peers agree on whether it worked, so a failed save
+                // stops them all instead of leaving the others in the next all-reduce.
+                if let Some(p) = peer {
+                    if !peer_flags_clear::<B>(p, saved.is_err(), device) {
+                        return Err(match saved {
+                            Err(e) => e.into(),
+                            Ok(()) => TrainError::Config(format!(
+                                "data-parallel peer 0 failed to save the step-{done} checkpoint"
+                            )),
+                        });
+                    }
+                }
+                saved?;
             }
         }
     }

@@ -109,6 +109,21 @@ fn two_peers_train_like_one_device_on_the_same_batches() {
     assert!(saved == payload(checkpoint::weights_to_bytes(&parallel.valid())));
     let _ = std::fs::remove_dir_all(&dir);
 
+    // Peer 0 cannot write its step-2 checkpoint (the folder is a file): every peer stops
+    // with the error instead of waiting for peer 0 in the next all-reduce.
+    let blocked = std::env::temp_dir().join(format!("blockdiff-ddp-file-{}", std::process::id()));
+    std::fs::write(&blocked, b"not a folder").unwrap();
+    let spec = CheckpointSpec {
+        dir: &blocked,
+        tokenizer: serde_json::json!({}),
+        resume: false,
+    };
+    let every2 = tcfg.clone().with_checkpoint_every(2);
+    let err = train_data_parallel(init.clone(), &mcfg, &every2, &d, &[], Some(spec), &devices)
+        .unwrap_err();
+    assert!(matches!(err, TrainError::Checkpoint(_)), "{err}");
+    let _ = std::fs::remove_file(&blocked);
+
     // A batch that does not split evenly is a typed error, before any peer starts.
     let three = vec![device.clone(), device.clone(), device];
     let err = train_data_parallel(init, &mcfg, &tcfg, &d, &[], None, &three).unwrap_err();
