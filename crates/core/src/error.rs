@@ -112,6 +112,15 @@ pub enum TrainError {
     /// Saving or loading a checkpoint failed.
     #[error(transparent)]
     Checkpoint(#[from] CheckpointError),
+    /// A data-parallel collective operation (register, all-reduce) failed.
+    #[error("data-parallel collective: {0}")]
+    Collective(String),
+}
+
+impl From<burn::collective::CollectiveError> for TrainError {
+    fn from(e: burn::collective::CollectiveError) -> Self {
+        Self::Collective(format!("{e:?}"))
+    }
 }
 
 /// Errors from sampling.

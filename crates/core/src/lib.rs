@@ -71,7 +71,7 @@ pub fn cpu_cores() -> usize {
 /// output buffer; glibc serves buffers above its `mmap` threshold (at most 32 MiB, and a music
 /// model's logits are 128 MiB) with `mmap` and unmaps them on free, so each op page-faults its
 /// output in again: a third of a music training run's CPU time was the kernel zeroing pages
-/// (750 M minor faults). With this, `music train` ran 1.67× faster (2,797 → 4,677 tokens/s)
+/// (750 M minor faults). With this, `music train` ran 1.54× faster (2,926 → 4,505 tokens/s)
 /// and `bench twin`'s training step ~8% faster. Process-wide policy, so only binaries call it
 /// (the `blockdiff` CLI at start-up); `BLOCKDIFF_MALLOC=system` leaves the allocator alone.
 /// The cost: the process keeps its peak heap until it exits.

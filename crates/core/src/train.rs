@@ -329,13 +329,17 @@ pub fn noised_batch<B: Backend>(
         _ => cfg.seq_len,
     };
     let n_blocks = l / block;
+    let uniform = cfg.kernel == NoiseKernel::Uniform;
     let rates = match (noise, &cfg.beta_curriculum) {
         (Noise::Training { progress }, Some(c)) => {
             c.sample(n * n_blocks, progress, cfg.t_min, cfg.t_max, rng)
         }
+        // The absorbing NELBO estimator reads each block's draw as `u ∈ [0, 1)`, never clipped.
+        (Noise::Random, _) if !uniform => {
+            sample_mask_rates(n * n_blocks, 0.0, 1.0, cfg.antithetic, rng)
+        }
         _ => sample_mask_rates(n * n_blocks, cfg.t_min, cfg.t_max, cfg.antithetic, rng),
     };
-    let uniform = cfg.kernel == NoiseKernel::Uniform;
     let noise_ids = crate::sample::uniform_noise_ids(model_cfg.vocab_size);
     let k_noise = noise_ids.len() as f64;
     // Uniform kernel: per position, (noisy token, ln(1 + K·α/(1 − α))) for the LOO conversion.
@@ -384,13 +388,7 @@ pub fn noised_batch<B: Backend>(
                     // continuous-time NELBO over t ∈ [0, 1] (∫ (1/t)·Bin(k; B, t) k dt = 1),
                     // without the training clip [t_min, t_max] (which weighs k = 1 by
                     // 1 − (1 − t_min)^B less) and with finite variance.
-                    let span = cfg.t_max - cfg.t_min;
-                    let u = if span > 0.0 {
-                        (t_block - cfg.t_min) / span
-                    } else {
-                        rng.random::<f64>()
-                    };
-                    let k = ((u * block as f64) as usize + 1).min(block);
+                    let k = ((t_block * block as f64) as usize + 1).min(block);
                     let mut order: Vec<usize> = (0..block).collect();
                     for a in 0..k {
                         let b = rng.random_range(a..block);
@@ -623,33 +621,14 @@ pub fn evaluate<B: Backend>(
     passes: usize,
     device: &B::Device,
 ) -> f64 {
-    evaluate_from(model, model_cfg, cfg, data, block, noise, passes, 0, device)
-}
-
-/// [`evaluate`] scoring only positions `from..seq_len` of every example, each with all the
-/// positions before it as context: the loss of a model that always sees at least `from`
-/// tokens, as when a stream slides its window over the KV cache. `from = 0` is [`evaluate`];
-/// `from ≥ seq_len` scores nothing and gives NaN.
-#[allow(clippy::too_many_arguments)]
-pub fn evaluate_from<B: Backend>(
-    model: &BlockDiffusionModel<B>,
-    model_cfg: &BlockDiffusionConfig,
-    cfg: &TrainConfig,
-    data: &[Example],
-    block: usize,
-    noise: Noise,
-    passes: usize,
-    from: usize,
-    device: &B::Device,
-) -> f64 {
     let per_pos = evaluate_positions(model, model_cfg, cfg, data, block, noise, passes, device);
-    let tail = per_pos.get(from..).unwrap_or(&[]);
-    tail.iter().sum::<f64>() / tail.len() as f64
+    per_pos.iter().sum::<f64>() / per_pos.len() as f64
 }
 
 /// The loss of [`evaluate`] per position: entry `i` is the mean over examples (and passes)
 /// of position `i`'s weighted cross-entropy, so the mean of the vector is [`evaluate`]'s
-/// number and a slice's mean is the loss at that range of context lengths.
+/// number and the mean of a tail `from..` is the loss of tokens that always see at least
+/// `from` earlier ones (as when a stream slides its window over the KV cache).
 #[allow(clippy::too_many_arguments)]
 pub fn evaluate_positions<B: Backend>(
     model: &BlockDiffusionModel<B>,
@@ -662,7 +641,6 @@ pub fn evaluate_positions<B: Backend>(
     device: &B::Device,
 ) -> Vec<f64> {
     let mut rng = StdRng::seed_from_u64(cfg.seed ^ 0x5EED_E7A1);
-    let cfg = &cfg.clone().with_loss_weighting(LossWeighting::InverseT);
     let mut total = vec![0.0f64; cfg.seq_len];
     let mut count = 0usize;
     for _ in 0..passes.max(1) {
@@ -768,9 +746,6 @@ fn train_step_all_reduce<B: AutodiffBackend, O: Optimizer<BlockDiffusionModel<B>
     peer: burn::collective::PeerId,
 ) -> Result<(BlockDiffusionModel<B>, f64), TrainError> {
     use burn::collective::{all_reduce, ReduceOperation};
-    let collective = |e: burn::collective::CollectiveError| {
-        TrainError::Config(format!("collective all-reduce: {e:?}"))
-    };
     let loss = batch_loss(&model, batch);
     // The mean loss of all peers: every peer sees the same value, so a non-finite loss stops
     // them all at the same step instead of leaving the others waiting in an all-reduce.
@@ -778,8 +753,7 @@ fn train_step_all_reduce<B: AutodiffBackend, O: Optimizer<BlockDiffusionModel<B>
         peer,
         loss.clone().inner().into_primitive().tensor(),
         ReduceOperation::Mean,
-    )
-    .map_err(collective)?;
+    )?;
     let loss_v: f64 = Tensor::<B::InnerBackend, 1>::from_primitive(
         burn::tensor::TensorPrimitive::Float(mean_loss),
     )
@@ -787,8 +761,7 @@ fn train_step_all_reduce<B: AutodiffBackend, O: Optimizer<BlockDiffusionModel<B>
     .elem();
     let grads = loss.backward();
     let mut grads = GradientsParams::from_grads(grads, &model)
-        .all_reduce::<B::InnerBackend>(peer, ReduceOperation::Mean)
-        .map_err(collective)?;
+        .all_reduce::<B::InnerBackend>(peer, ReduceOperation::Mean)?;
     if grad_clip > 0.0 {
         clip_global_norm(&model, &mut grads, grad_clip);
     }
@@ -879,8 +852,6 @@ pub fn train_data_parallel<B: AutodiffBackend>(
     if !val.is_empty() {
         check_data(val, model_cfg, cfg.seq_len, "validation")?;
     }
-    let collective =
-        |e: burn::collective::CollectiveError| TrainError::Config(format!("collective: {e:?}"));
     let ckpt = ckpt.as_ref();
     std::thread::scope(|scope| {
         let handles: Vec<_> = devices
@@ -900,8 +871,7 @@ pub fn train_data_parallel<B: AutodiffBackend>(
                         peer.id(),
                         device.clone(),
                         CollectiveConfig::default().with_num_devices(count),
-                    )
-                    .map_err(collective)?;
+                    )?;
                     let out = train_peer(
                         replica,
                         model_cfg,
@@ -912,7 +882,7 @@ pub fn train_data_parallel<B: AutodiffBackend>(
                         device,
                         Some(peer),
                     );
-                    finish_collective::<B::InnerBackend>(peer.id()).map_err(collective)?;
+                    finish_collective::<B::InnerBackend>(peer.id())?;
                     out
                 })
             })
@@ -1164,8 +1134,8 @@ mod tests {
     }
 
     /// Per-position AR losses: entry `i` reads only tokens up to `i` (changing later tokens
-    /// leaves it bit-identical and changes the later entries), their mean is `evaluate`'s
-    /// number, and `evaluate_from` is the mean of the tail.
+    /// leaves it bit-identical and changes the later entries), and their mean is `evaluate`'s
+    /// number.
     #[test]
     fn per_position_ar_loss_reads_only_the_prefix() {
         let device = Default::default();
@@ -1200,19 +1170,6 @@ mod tests {
         let all = evaluate(&model, &mcfg, &cfg, &a, 1, Noise::AllMasked, 1, &device);
         let mean = pa.iter().sum::<f64>() / len as f64;
         assert!((all - mean).abs() < 1e-9, "{all} vs {mean}");
-        let tail = evaluate_from(
-            &model,
-            &mcfg,
-            &cfg,
-            &a,
-            1,
-            Noise::AllMasked,
-            1,
-            cut,
-            &device,
-        );
-        let want = pa[cut..].iter().sum::<f64>() / (len - cut) as f64;
-        assert!((tail - want).abs() < 1e-9 && tail.is_finite());
     }
 
     /// At block size 1 the NELBO estimator masks the block's one position with weight 1, so

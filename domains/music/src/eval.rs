@@ -110,8 +110,10 @@ pub fn evaluate(
     let tw: Vec<&[u32]> = test_windows.iter().map(|e| e.tokens.as_slice()).collect();
     let vw: Vec<&[u32]> = val_windows.iter().map(|e| e.tokens.as_slice()).collect();
     let vocab = m.tokenizer.vocab_size();
-    let ngram = NgramBaseline::evaluate(&train_streams, &vw, &tw, vocab, bits.stream_context);
-    let ngram_window = NgramBaseline::evaluate(&train_streams, &vw, &tw, vocab, 0);
+    let [ngram, ngram_window]: [_; 2] =
+        NgramBaseline::evaluate(&train_streams, &vw, &tw, vocab, &[bits.stream_context, 0])
+            .try_into()
+            .expect("one result per start");
 
     // Codec quality on the test audio (whole tracks).
     let (mut sdr_c, mut sdr_m, mut d_c, mut d_m) = (0.0, 0.0, 0.0, 0.0);

@@ -381,32 +381,38 @@ impl NgramBaseline {
         (u / n.max(1) as f64, b / n.max(1) as f64)
     }
 
-    /// Fits on `train`, picks α on `val` (best bigram bits), returns the bits on `test`
-    /// (positions from `from` on in every window, as [`Self::bits`]).
+    /// Fits on `train` once; for each `from` (see [`Self::bits`]) picks α on `val` (best
+    /// bigram bits) and returns the bits on `test`.
     pub fn evaluate(
         train: &[Vec<u32>],
         val: &[&[u32]],
         test: &[&[u32]],
         vocab: usize,
-        from: usize,
-    ) -> NgramBits {
+        froms: &[usize],
+    ) -> Vec<NgramBits> {
         // Counts once; only the smoothing changes between candidates.
         let mut m = Self::fit(train, vocab, 1e-3);
-        let mut best = (f64::INFINITY, m.alpha);
-        for alpha in [1e-3, 1e-2, 0.1, 1.0] {
-            m.alpha = alpha;
-            let (_, vb) = m.bits(if val.is_empty() { test } else { val }, from);
-            if vb < best.0 {
-                best = (vb, alpha);
-            }
-        }
-        m.alpha = best.1;
-        let (unigram, bigram) = m.bits(test, from);
-        NgramBits {
-            unigram,
-            bigram,
-            alpha: m.alpha,
-        }
+        let tune = if val.is_empty() { test } else { val };
+        froms
+            .iter()
+            .map(|&from| {
+                let mut best = (f64::INFINITY, m.alpha);
+                for alpha in [1e-3, 1e-2, 0.1, 1.0] {
+                    m.alpha = alpha;
+                    let (_, vb) = m.bits(tune, from);
+                    if vb < best.0 {
+                        best = (vb, alpha);
+                    }
+                }
+                m.alpha = best.1;
+                let (unigram, bigram) = m.bits(test, from);
+                NgramBits {
+                    unigram,
+                    bigram,
+                    alpha: m.alpha,
+                }
+            })
+            .collect()
     }
 }
 
@@ -503,7 +509,8 @@ mod tests {
     fn bigram_beats_unigram_on_a_cycle() {
         let stream: Vec<u32> = (0..3000).map(|i| 4 + (i % 5) as u32).collect();
         let w: Vec<&[u32]> = stream.chunks(100).collect();
-        let bits = NgramBaseline::evaluate(std::slice::from_ref(&stream), &w, &w, 9, 0);
+        let bits =
+            NgramBaseline::evaluate(std::slice::from_ref(&stream), &w, &w, 9, &[0]).remove(0);
         assert!(
             (bits.unigram - 5f64.log2()).abs() < 0.01,
             "{}",
