@@ -80,6 +80,9 @@ enum BenchCommand {
         /// Sampling calls per configuration (median wall-clock is reported).
         #[arg(long, default_value_t = 20)]
         repeats: usize,
+        /// Training steps (default: the task size's own, 1,500 small / 4,000 full).
+        #[arg(long)]
+        steps: Option<usize>,
     },
     /// Every decoding policy (threshold sweep, S2D2, DCD, ARPC, FlashBlock, uniform kernel)
     /// on the Markov task or the trajectory benchmark: NFE, wall-clock and quality;
@@ -217,8 +220,16 @@ fn run(command: Command) -> Result<()> {
                     json,
                     task,
                     repeats,
+                    steps,
                 },
-        } => bench_core(json, task.task(), repeats).map(|_| ()),
+        } => {
+            let mut task = task.task();
+            if let Some(steps) = steps {
+                anyhow::ensure!(steps > 0, "--steps must be at least 1");
+                task.steps = steps;
+            }
+            bench_core(json, task, repeats).map(|_| ())
+        }
     }
 }
 
