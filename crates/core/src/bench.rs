@@ -16,7 +16,7 @@ use crate::model::{BlockDiffusionConfig, BlockDiffusionModel};
 use crate::sample::{sample, CommitPolicy, SamplerConfig};
 use crate::synthetic::MarkovSource;
 use crate::tokenizer::{SymbolTokenizer, Tokenizer};
-use crate::train::{evaluate, train, Noise, NoiseKernel, TrainConfig, TrainReport};
+use crate::train::{evaluate, train_on_cores, Noise, NoiseKernel, TrainConfig, TrainReport};
 use crate::{CpuBackend, CpuTrainBackend};
 
 /// The Markov learning task.
@@ -190,7 +190,7 @@ fn train_task(task: &MarkovTask, train_cfg: TrainConfig) -> Trained {
     let model_cfg = task.model_config();
     let (train_set, val) = task.data();
     let model = model_cfg.init::<CpuTrainBackend>(&device);
-    let (model, report) = train(
+    let (model, report) = train_on_cores(
         model, &model_cfg, &train_cfg, &train_set, &val, None, &device,
     )
     .expect("task config is valid");

@@ -27,7 +27,7 @@ use crate::mask::{self, MaskTable};
 use crate::model::{BlockDiffusionConfig, BlockDiffusionModel, ForwardInput};
 use crate::sample::{int_tensor, sample, to_vec, CommitPolicy, SamplerConfig};
 use crate::tokenizer::NUM_CORE_SPECIALS;
-use crate::train::{noised_batch, train_step, Noise, TrainConfig};
+use crate::train::{noised_batch, train_on_cores, train_step, Noise, TrainConfig};
 use crate::{CpuBackend, CpuTrainBackend};
 
 /// Case file name inside the twin directory.
@@ -377,11 +377,44 @@ pub struct TwinTimings {
     pub nfe: usize,
     /// Threads the side computed with.
     pub threads: usize,
+    /// Our CPU side: data-parallel peers of the timed training step (`train_on_cores`, as
+    /// every `blockdiff … train` runs); 0 or 1 = one process-wide step.
+    #[serde(default)]
+    pub train_peers: usize,
+    /// Our CPU side: the same step as one process-wide step (kernels split across the
+    /// threads), when `train_step_s` was timed with peers.
+    #[serde(default)]
+    pub train_step_one_process_s: Option<f64>,
 }
 
 /// Times our training step and sampler at the spec's shapes on the CPU backend.
+///
+/// The training step is timed as `blockdiff` trains on a CPU: [`train_on_cores`], one
+/// data-parallel peer per core, each on its own thread with its share of the batch (same
+/// batch size, same threads as the twin). The process-wide step is kept alongside.
 pub fn time_ours(spec: &TwinSpec) -> TwinTimings {
-    time_on::<CpuTrainBackend>(spec, &Default::default())
+    let device = Default::default();
+    let mut t = time_on::<CpuTrainBackend>(spec, &device);
+    let peers = crate::train::cpu_peers(spec.train_batch);
+    if peers > 1 {
+        CpuTrainBackend::seed(&device, spec.seed);
+        let cfg = spec.timing_config();
+        let data = spec.timing_data(&mut StdRng::seed_from_u64(spec.seed));
+        // One untimed warm-up step, as `time_on`: `median_step_s` skips the first.
+        let tcfg = spec.train_config().with_steps(spec.train_steps + 1);
+        let timed = train_on_cores(cfg.init(&device), &cfg, &tcfg, &data, &[], None, &device)
+            .map(|(_, report)| report.median_step_s);
+        match timed {
+            Ok(step_s) if step_s > 0.0 => {
+                t.train_step_one_process_s = Some(t.train_step_s);
+                t.train_step_s = step_s;
+                t.train_peers = peers;
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!("data-parallel timing failed, kept one process: {e}"),
+        }
+    }
+    t
 }
 
 /// Times our training step and sampler at the spec's shapes on any backend (`CudaTrainBackend`
@@ -439,6 +472,8 @@ pub fn time_on<B: AutodiffBackend>(spec: &TwinSpec, device: &B::Device) -> TwinT
         sample_s,
         nfe,
         threads: crate::cpu_cores(),
+        train_peers: 1,
+        train_step_one_process_s: None,
     }
 }
 
@@ -594,6 +629,15 @@ pub fn markdown_table(r: &TwinReport) -> String {
         theirs.train_step_s * 1e3,
         r.training_speedup
     );
+    if let Some(one) = r.ours.train_step_one_process_s {
+        s += &format!(
+            "| (ours: {} data-parallel peers above; one process-wide step) ms | {:.1} | {:.1} | {:.2}× |\n",
+            r.ours.train_peers,
+            one * 1e3,
+            theirs.train_step_s * 1e3,
+            theirs.train_step_s / one
+        );
+    }
     for &(batch, ours) in &r.ours.sample_s {
         let t = sample_time(&theirs, batch);
         s += &format!(

@@ -11,7 +11,7 @@ use blockdiff_core::model::{BlockDiffusionConfig, BlockDiffusionModel};
 use blockdiff_core::sample::{sample_with_ids, SampleStats, SamplerConfig};
 use blockdiff_core::tokenizer::Tokenizer;
 use blockdiff_core::train::{
-    train as core_train, CheckpointSpec, NoiseKernel, TrainConfig, TrainReport,
+    train_on_cores as core_train, CheckpointSpec, NoiseKernel, TrainConfig, TrainReport,
 };
 use blockdiff_core::{CpuBackend, CpuTrainBackend};
 use rand::rngs::StdRng;
