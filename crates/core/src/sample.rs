@@ -405,6 +405,98 @@ pub fn sample_with_ids<B: Backend, C: Condition>(
     )
 }
 
+/// [`sample_with_ids`] on the CPU with the requests split into one contiguous part per core,
+/// each part decoded on its own thread in a rayon pool of its share of the cores. A request's
+/// tokens depend only on its seed and condition ([`request_seed`]), so the output is the
+/// single call's, in request order (the test `sample_on_cores_equals_one_call`). Small batches
+/// gain most: each op of a batch-16 call is too small to split well across cores. Counters:
+/// `nfe` is the largest part's (the calls on the critical path), `wall_s` the whole call's,
+/// tokens and batch add up.
+pub fn sample_on_cores<C: Condition + Sync>(
+    model: &BlockDiffusionModel<crate::CpuBackend>,
+    model_cfg: &BlockDiffusionConfig,
+    requests: &[C],
+    ids: &[u64],
+    constraint: &dyn Constraint,
+    cfg: &SamplerConfig,
+    device: &Device<crate::CpuBackend>,
+) -> Result<SampleOutput, SampleError> {
+    let parts = crate::cpu_cores();
+    sample_in_parts(model, model_cfg, requests, ids, constraint, cfg, device, parts)
+}
+
+/// [`sample_on_cores`] with `parts` threads (at most one per request), the cores shared out
+/// among them.
+#[allow(clippy::too_many_arguments)]
+pub fn sample_in_parts<C: Condition + Sync>(
+    model: &BlockDiffusionModel<crate::CpuBackend>,
+    model_cfg: &BlockDiffusionConfig,
+    requests: &[C],
+    ids: &[u64],
+    constraint: &dyn Constraint,
+    cfg: &SamplerConfig,
+    device: &Device<crate::CpuBackend>,
+    parts: usize,
+) -> Result<SampleOutput, SampleError> {
+    let parts = parts.min(requests.len());
+    if parts <= 1 || ids.len() != requests.len() {
+        return sample_with_ids(model, model_cfg, requests, ids, constraint, cfg, device);
+    }
+    let started = Instant::now();
+    let shards: Vec<std::ops::Range<usize>> = (0..parts)
+        .map(|i| crate::shard::Shard { index: i, count: parts }.range(requests.len()))
+        .collect();
+    let outs: Vec<Result<SampleOutput, SampleError>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = shards
+            .iter()
+            .map(|r| {
+                let r = r.clone();
+                scope.spawn(move || {
+                    crate::with_core_share(parts, || {
+                        sample_with_ids(
+                            model,
+                            model_cfg,
+                            &requests[r.clone()],
+                            &ids[r],
+                            constraint,
+                            cfg,
+                            device,
+                        )
+                    })
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join().unwrap_or_else(|_| {
+                    Err(SampleError::Config("a sampler thread panicked".into()))
+                })
+            })
+            .collect()
+    });
+    let mut all = SampleOutput {
+        sequences: Vec::with_capacity(requests.len()),
+        ended: Vec::with_capacity(requests.len()),
+        commit_steps: Vec::with_capacity(requests.len()),
+        full_sequences: Vec::with_capacity(requests.len()),
+        stats: SampleStats::default(),
+    };
+    for out in outs {
+        let out = out?;
+        all.sequences.extend(out.sequences);
+        all.ended.extend(out.ended);
+        all.commit_steps.extend(out.commit_steps);
+        all.full_sequences.extend(out.full_sequences);
+        all.stats.nfe = all.stats.nfe.max(out.stats.nfe);
+        all.stats.tokens += out.stats.tokens;
+        all.stats.forced += out.stats.forced;
+        all.stats.batch += out.stats.batch;
+    }
+    all.stats.wall_s = started.elapsed().as_secs_f64();
+    Ok(all)
+}
+
 /// Generates one sequence per request, calling `observe` after every model call.
 #[allow(clippy::too_many_arguments)]
 pub fn sample_observed<B: Backend, C: Condition>(

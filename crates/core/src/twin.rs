@@ -25,7 +25,9 @@ use crate::constraint::Unconstrained;
 use crate::error::CheckpointError;
 use crate::mask::{self, MaskTable};
 use crate::model::{BlockDiffusionConfig, BlockDiffusionModel, ForwardInput};
-use crate::sample::{int_tensor, sample, to_vec, CommitPolicy, SamplerConfig};
+use crate::sample::{
+    int_tensor, sample, sample_on_cores, to_vec, CommitPolicy, SamplerConfig,
+};
 use crate::tokenizer::NUM_CORE_SPECIALS;
 use crate::train::{noised_batch, train_on_cores, train_step, Noise, TrainConfig};
 use crate::{CpuBackend, CpuTrainBackend};
@@ -385,6 +387,10 @@ pub struct TwinTimings {
     /// threads), when `train_step_s` was timed with peers.
     #[serde(default)]
     pub train_step_one_process_s: Option<f64>,
+    /// Our CPU side: batched samples (batch > 1) as one process-wide call, when `sample_s`
+    /// was timed with the batch split over the cores (`sample_on_cores`).
+    #[serde(default)]
+    pub sample_one_process_s: Vec<(usize, f64)>,
 }
 
 /// Times our training step and sampler at the spec's shapes on the CPU backend.
@@ -412,6 +418,37 @@ pub fn time_ours(spec: &TwinSpec) -> TwinTimings {
             }
             Ok(_) => {}
             Err(e) => tracing::warn!("data-parallel timing failed, kept one process: {e}"),
+        }
+    }
+    if crate::cpu_cores() > 1 {
+        // Batched samples as `blockdiff` decodes a batch on a CPU: split over the cores.
+        // The twin's policy commits a fixed 2 tokens per call, so the weights do not change
+        // the work and a fresh model of the same shape times it.
+        let cfg = spec.timing_config();
+        let model = cfg.init::<crate::CpuBackend>(&device);
+        let scfg = spec.sampler_config();
+        for entry in t.sample_s.iter_mut().filter(|(batch, _)| *batch > 1) {
+            let batch = entry.0;
+            let requests = vec![Conditioning::default(); batch];
+            let ids: Vec<u64> = (0..batch as u64).collect();
+            let mut runs = Vec::new();
+            for rep in 0..=spec.repeats {
+                let out = sample_on_cores(
+                    &model,
+                    &cfg,
+                    &requests,
+                    &ids,
+                    &Unconstrained,
+                    &scfg,
+                    &device,
+                )
+                .expect("twin sampler config is valid");
+                if rep > 0 {
+                    runs.push(out.stats.wall_s);
+                }
+            }
+            t.sample_one_process_s.push(*entry);
+            entry.1 = median(runs);
         }
     }
     t
@@ -474,6 +511,7 @@ pub fn time_on<B: AutodiffBackend>(spec: &TwinSpec, device: &B::Device) -> TwinT
         threads: crate::cpu_cores(),
         train_peers: 1,
         train_step_one_process_s: None,
+        sample_one_process_s: Vec::new(),
     }
 }
 
@@ -648,6 +686,14 @@ pub fn markdown_table(r: &TwinReport) -> String {
             t * 1e3,
             t / ours
         );
+        if let Some(&(_, one)) = r.ours.sample_one_process_s.iter().find(|x| x.0 == batch) {
+            s += &format!(
+                "| (ours: batch split over the cores above; one process-wide call) ms | {:.1} | {:.1} | {:.2}× |\n",
+                one * 1e3,
+                t * 1e3,
+                t / one
+            );
+        }
     }
     s += &format!("| max \\|Δ logit\\| | | | {:.2e} |\n", r.max_abs_logit_diff);
     s

@@ -12,6 +12,9 @@ use blockdiff_core::model::{BlockDiffusionConfig, BlockDiffusionModel};
 use blockdiff_core::train::{train, train_data_parallel, CheckpointSpec, TrainConfig};
 use blockdiff_core::{CpuBackend, CpuTrainBackend};
 
+/// The backend's seed is global: tests that seed and then initialise take turns.
+static SEEDED: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn data() -> Vec<Example> {
     (0..32)
         .map(|i| {
@@ -48,6 +51,7 @@ fn max_diff(a: &[f32], b: &[f32]) -> f32 {
 
 #[test]
 fn two_peers_train_like_one_device_on_the_same_batches() {
+    let _turn = SEEDED.lock().unwrap_or_else(|e| e.into_inner());
     let device: Device<CpuTrainBackend> = Default::default();
     let mcfg = BlockDiffusionConfig::new(16)
         .with_d_model(32)
@@ -130,5 +134,49 @@ fn two_peers_train_like_one_device_on_the_same_batches() {
     assert!(
         matches!(&err, TrainError::Config(m) if m.contains("multiple of the 3")),
         "{err}"
+    );
+}
+
+/// burn initialises parameters lazily and every clone of a fresh model runs the initialiser on
+/// its own, so replicas forked from a model nobody has read yet would start from different
+/// weights. `train_data_parallel` (and `train_on_cores`, which every domain trains with) must
+/// start all peers from the model's own weights: the run equals one-device training of the
+/// same initialisation.
+#[test]
+fn peers_forked_from_a_fresh_model_start_from_the_same_weights() {
+    let _turn = SEEDED.lock().unwrap_or_else(|e| e.into_inner());
+    let device: Device<CpuTrainBackend> = Default::default();
+    let mcfg = BlockDiffusionConfig::new(16)
+        .with_d_model(32)
+        .with_n_layers(2)
+        .with_n_heads(2);
+    let tcfg = TrainConfig::new(16)
+        .with_steps(6)
+        .with_batch_size(8)
+        .with_lr(1e-2)
+        .with_warmup_steps(1)
+        .with_block_sizes(vec![1, 4, 8])
+        .with_block_weights(vec![1.0, 1.0, 1.0])
+        .with_eval_block_size(4)
+        .with_progress(false);
+    let d = data();
+    // Never read before training.
+    <CpuTrainBackend as Backend>::seed(&device, 5);
+    let fresh = mcfg.init::<CpuTrainBackend>(&device);
+    let devices = vec![device.clone(), device.clone()];
+    let (parallel, _) =
+        train_data_parallel(fresh, &mcfg, &tcfg, &d, &[], None, &devices).unwrap();
+    // The same initialisation, read (and so fixed) before one-device training.
+    <CpuTrainBackend as Backend>::seed(&device, 5);
+    let same = mcfg.init::<CpuTrainBackend>(&device);
+    let w0 = weights(&same);
+    let (single, _) = train(same, &mcfg, &tcfg, &d, &[], None, &device).unwrap();
+    let (w1, w2) = (weights(&single), weights(&parallel));
+    let moved = max_diff(&w0, &w1);
+    let diff = max_diff(&w1, &w2);
+    assert!(moved > 1e-2, "training moved the weights by only {moved}");
+    assert!(
+        diff <= 1e-4,
+        "peers of a fresh model differ from one device by {diff} (moved {moved})"
     );
 }

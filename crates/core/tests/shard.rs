@@ -6,7 +6,9 @@ use blockdiff_core::burn::prelude::*;
 use blockdiff_core::condition::Conditioning;
 use blockdiff_core::constraint::Unconstrained;
 use blockdiff_core::model::BlockDiffusionConfig;
-use blockdiff_core::sample::{sample, sample_with_ids, CommitPolicy, SamplerConfig};
+use blockdiff_core::sample::{
+    sample, sample_in_parts, sample_with_ids, CommitPolicy, SamplerConfig,
+};
 use blockdiff_core::shard::Shard;
 use blockdiff_core::CpuBackend as B;
 
@@ -35,6 +37,27 @@ fn shards_concatenate_to_the_single_run() {
         ..SamplerConfig::default()
     };
     let single = sample(&model, &cfg, &requests, &Unconstrained, &scfg, &device).unwrap();
+    // The same split run on threads (`sample_on_cores`) gives the single run's output.
+    let ids: Vec<u64> = (0..requests.len() as u64).collect();
+    for parts in [2, 3] {
+        let threaded = sample_in_parts(
+            &model,
+            &cfg,
+            &requests,
+            &ids,
+            &Unconstrained,
+            &scfg,
+            &device,
+            parts,
+        )
+        .unwrap();
+        assert_eq!(threaded.sequences, single.sequences, "{parts} threads");
+        assert_eq!(threaded.full_sequences, single.full_sequences);
+        assert_eq!(threaded.commit_steps, single.commit_steps);
+        assert_eq!(threaded.ended, single.ended);
+        assert_eq!(threaded.stats.tokens, single.stats.tokens);
+        assert_eq!(threaded.stats.batch, requests.len());
+    }
     for count in [2, 3, 5] {
         let mut joined = Vec::new();
         for index in 0..count {

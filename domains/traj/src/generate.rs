@@ -340,21 +340,24 @@ impl<B: Backend> TrajModel<B> {
             let handles: Vec<_> = (0..workers)
                 .map(|_| {
                     scope.spawn(|| {
-                        let mut done: Vec<ChunkResult> = Vec::new();
-                        loop {
-                            let k = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                            let Some(chunk) = chunks.get(k) else { break };
-                            done.push(self.sample_chunk(
-                                chunk,
-                                id_chunks[k],
-                                k,
-                                &sampler,
-                                &constraint,
-                                &device,
-                            ));
-                            bar.inc(chunk.len() as u64);
-                        }
-                        done
+                        // Each worker's kernels on its own share of the cores.
+                        blockdiff_core::with_core_share(workers, || {
+                            let mut done: Vec<ChunkResult> = Vec::new();
+                            loop {
+                                let k = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                                let Some(chunk) = chunks.get(k) else { break };
+                                done.push(self.sample_chunk(
+                                    chunk,
+                                    id_chunks[k],
+                                    k,
+                                    &sampler,
+                                    &constraint,
+                                    &device,
+                                ));
+                                bar.inc(chunk.len() as u64);
+                            }
+                            done
+                        })
                     })
                 })
                 .collect();
