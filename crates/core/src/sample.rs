@@ -422,7 +422,9 @@ pub fn sample_on_cores<C: Condition + Sync>(
     device: &Device<crate::CpuBackend>,
 ) -> Result<SampleOutput, SampleError> {
     let parts = crate::cpu_cores();
-    sample_in_parts(model, model_cfg, requests, ids, constraint, cfg, device, parts)
+    sample_in_parts(
+        model, model_cfg, requests, ids, constraint, cfg, device, parts,
+    )
 }
 
 /// [`sample_on_cores`] with `parts` threads (at most one per request), the cores shared out
@@ -444,7 +446,13 @@ pub fn sample_in_parts<C: Condition + Sync>(
     }
     let started = Instant::now();
     let shards: Vec<std::ops::Range<usize>> = (0..parts)
-        .map(|i| crate::shard::Shard { index: i, count: parts }.range(requests.len()))
+        .map(|i| {
+            crate::shard::Shard {
+                index: i,
+                count: parts,
+            }
+            .range(requests.len())
+        })
         .collect();
     let outs: Vec<Result<SampleOutput, SampleError>> = std::thread::scope(|scope| {
         let handles: Vec<_> = shards

@@ -25,9 +25,7 @@ use crate::constraint::Unconstrained;
 use crate::error::CheckpointError;
 use crate::mask::{self, MaskTable};
 use crate::model::{BlockDiffusionConfig, BlockDiffusionModel, ForwardInput};
-use crate::sample::{
-    int_tensor, sample, sample_on_cores, to_vec, CommitPolicy, SamplerConfig,
-};
+use crate::sample::{int_tensor, sample, sample_on_cores, to_vec, CommitPolicy, SamplerConfig};
 use crate::tokenizer::NUM_CORE_SPECIALS;
 use crate::train::{noised_batch, train_on_cores, train_step, Noise, TrainConfig};
 use crate::{CpuBackend, CpuTrainBackend};

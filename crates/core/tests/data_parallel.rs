@@ -15,6 +15,24 @@ use blockdiff_core::{CpuBackend, CpuTrainBackend};
 /// The backend's seed is global: tests that seed and then initialise take turns.
 static SEEDED: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
+/// A small model and 6 steps of batch 8 over the block mixture {1, 4, 8}.
+fn configs() -> (BlockDiffusionConfig, TrainConfig) {
+    let mcfg = BlockDiffusionConfig::new(16)
+        .with_d_model(32)
+        .with_n_layers(2)
+        .with_n_heads(2);
+    let tcfg = TrainConfig::new(16)
+        .with_steps(6)
+        .with_batch_size(8)
+        .with_lr(1e-2)
+        .with_warmup_steps(1)
+        .with_block_sizes(vec![1, 4, 8])
+        .with_block_weights(vec![1.0, 1.0, 1.0])
+        .with_eval_block_size(4)
+        .with_progress(false);
+    (mcfg, tcfg)
+}
+
 fn data() -> Vec<Example> {
     (0..32)
         .map(|i| {
@@ -53,19 +71,7 @@ fn max_diff(a: &[f32], b: &[f32]) -> f32 {
 fn two_peers_train_like_one_device_on_the_same_batches() {
     let _turn = SEEDED.lock().unwrap_or_else(|e| e.into_inner());
     let device: Device<CpuTrainBackend> = Default::default();
-    let mcfg = BlockDiffusionConfig::new(16)
-        .with_d_model(32)
-        .with_n_layers(2)
-        .with_n_heads(2);
-    let tcfg = TrainConfig::new(16)
-        .with_steps(6)
-        .with_batch_size(8)
-        .with_lr(1e-2)
-        .with_warmup_steps(1)
-        .with_block_sizes(vec![1, 4, 8])
-        .with_block_weights(vec![1.0, 1.0, 1.0])
-        .with_eval_block_size(4)
-        .with_progress(false);
+    let (mcfg, tcfg) = configs();
     let d = data();
     <CpuTrainBackend as Backend>::seed(&device, 3);
     let init = mcfg.init::<CpuTrainBackend>(&device);
@@ -146,26 +152,13 @@ fn two_peers_train_like_one_device_on_the_same_batches() {
 fn peers_forked_from_a_fresh_model_start_from_the_same_weights() {
     let _turn = SEEDED.lock().unwrap_or_else(|e| e.into_inner());
     let device: Device<CpuTrainBackend> = Default::default();
-    let mcfg = BlockDiffusionConfig::new(16)
-        .with_d_model(32)
-        .with_n_layers(2)
-        .with_n_heads(2);
-    let tcfg = TrainConfig::new(16)
-        .with_steps(6)
-        .with_batch_size(8)
-        .with_lr(1e-2)
-        .with_warmup_steps(1)
-        .with_block_sizes(vec![1, 4, 8])
-        .with_block_weights(vec![1.0, 1.0, 1.0])
-        .with_eval_block_size(4)
-        .with_progress(false);
+    let (mcfg, tcfg) = configs();
     let d = data();
     // Never read before training.
     <CpuTrainBackend as Backend>::seed(&device, 5);
     let fresh = mcfg.init::<CpuTrainBackend>(&device);
     let devices = vec![device.clone(), device.clone()];
-    let (parallel, _) =
-        train_data_parallel(fresh, &mcfg, &tcfg, &d, &[], None, &devices).unwrap();
+    let (parallel, _) = train_data_parallel(fresh, &mcfg, &tcfg, &d, &[], None, &devices).unwrap();
     // The same initialisation, read (and so fixed) before one-device training.
     <CpuTrainBackend as Backend>::seed(&device, 5);
     let same = mcfg.init::<CpuTrainBackend>(&device);

@@ -9,7 +9,9 @@ use blockdiff_core::constraint::TemplateConstraint;
 use blockdiff_core::model::{BlockDiffusionConfig, BlockDiffusionModel};
 use blockdiff_core::sample::{sample, CommitPolicy, SampleOutput, SamplerConfig};
 use blockdiff_core::tokenizer::Tokenizer;
-use blockdiff_core::train::{train_on_cores as core_train, CheckpointSpec, TrainConfig, TrainReport};
+use blockdiff_core::train::{
+    train_on_cores as core_train, CheckpointSpec, TrainConfig, TrainReport,
+};
 use blockdiff_core::CpuTrainBackend;
 use burn::prelude::*;
 use rand::rngs::StdRng;

@@ -10,7 +10,8 @@ use blockdiff_core::condition::Example;
 use blockdiff_core::model::{BlockDiffusionConfig, BlockDiffusionModel};
 use blockdiff_core::sample::{CommitPolicy, SamplerConfig};
 use blockdiff_core::train::{
-    evaluate_positions, train_on_cores as core_train, CheckpointSpec, Noise, TrainConfig, TrainReport,
+    evaluate_positions, train_on_cores as core_train, CheckpointSpec, Noise, TrainConfig,
+    TrainReport,
 };
 use blockdiff_core::{CpuBackend, CpuTrainBackend};
 use burn::prelude::*;

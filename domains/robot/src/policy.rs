@@ -13,7 +13,9 @@ use blockdiff_core::constraint::Constraint;
 use blockdiff_core::model::{BlockDiffusionConfig, BlockDiffusionModel};
 use blockdiff_core::sample::{sample, CommitPolicy, SampleStats, SamplerConfig};
 use blockdiff_core::tokenizer::{Tokenizer, EOS, PAD};
-use blockdiff_core::train::{train_on_cores as core_train, CheckpointSpec, TrainConfig, TrainReport};
+use blockdiff_core::train::{
+    train_on_cores as core_train, CheckpointSpec, TrainConfig, TrainReport,
+};
 use blockdiff_core::{CpuBackend, CpuTrainBackend};
 use burn::module::AutodiffModule;
 use burn::prelude::*;
