@@ -803,7 +803,24 @@ pub fn train<B: AutodiffBackend>(
     ckpt: Option<CheckpointSpec<'_>>,
     device: &B::Device,
 ) -> Result<(BlockDiffusionModel<B>, TrainReport), TrainError> {
+    check_run(model_cfg, cfg, train, val)?;
     train_peer(model, model_cfg, cfg, train, val, ckpt, device, None)
+}
+
+/// The config and the data a run needs, checked once before any step (and before any
+/// data-parallel peer starts).
+fn check_run(
+    model_cfg: &BlockDiffusionConfig,
+    cfg: &TrainConfig,
+    train: &[Example],
+    val: &[Example],
+) -> Result<(), TrainError> {
+    cfg.validate()?;
+    check_data(train, model_cfg, cfg.seq_len, "training")?;
+    if !val.is_empty() {
+        check_data(val, model_cfg, cfg.seq_len, "validation")?;
+    }
+    Ok(())
 }
 
 /// One data-parallel peer (see [`train_data_parallel`]).
@@ -911,17 +928,13 @@ pub fn train_data_parallel<B: AutodiffBackend>(
             cfg.batch_size
         )));
     }
-    cfg.validate()?;
+    // Checked before any peer starts: a peer that failed alone would leave the others waiting.
+    check_run(model_cfg, cfg, train, val)?;
     // burn's collective is one registry per process: two runs at once would register the same
     // peer ids, so data-parallel runs (tests run in parallel threads) take turns.
     let _turn = DATA_PARALLEL_TURN
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
-    // Checked before any peer starts: a peer that failed alone would leave the others waiting.
-    check_data(train, model_cfg, cfg.seq_len, "training")?;
-    if !val.is_empty() {
-        check_data(val, model_cfg, cfg.seq_len, "validation")?;
-    }
     // burn initialises parameters lazily, and each clone of an uninitialised parameter runs
     // its initialiser on its own: replicas forked from a fresh model would start from
     // different weights (and the averaged gradients would fit none of them).
@@ -994,11 +1007,6 @@ fn train_peer<B: AutodiffBackend>(
     peer: Option<Peer>,
 ) -> Result<(BlockDiffusionModel<B>, TrainReport), TrainError> {
     let lead = peer.is_none_or(|p| p.index == 0);
-    cfg.validate()?;
-    check_data(train, model_cfg, cfg.seq_len, "training")?;
-    if !val.is_empty() {
-        check_data(val, model_cfg, cfg.seq_len, "validation")?;
-    }
     let mut optim = AdamWConfig::new()
         .with_weight_decay(cfg.weight_decay as f32)
         .init::<B, BlockDiffusionModel<B>>();

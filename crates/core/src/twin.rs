@@ -439,6 +439,7 @@ pub fn time_ours(spec: &TwinSpec) -> TwinTimings {
                     &Unconstrained,
                     &scfg,
                     &device,
+                    crate::cpu_cores(),
                 )
                 .expect("twin sampler config is valid");
                 if rep > 0 {

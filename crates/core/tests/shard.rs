@@ -7,7 +7,7 @@ use blockdiff_core::condition::Conditioning;
 use blockdiff_core::constraint::Unconstrained;
 use blockdiff_core::model::BlockDiffusionConfig;
 use blockdiff_core::sample::{
-    sample, sample_in_parts, sample_with_ids, CommitPolicy, SamplerConfig,
+    sample, sample_on_cores, sample_with_ids, CommitPolicy, SamplerConfig,
 };
 use blockdiff_core::shard::Shard;
 use blockdiff_core::CpuBackend as B;
@@ -40,7 +40,7 @@ fn shards_concatenate_to_the_single_run() {
     // The same split run on threads (`sample_on_cores`) gives the single run's output.
     let ids: Vec<u64> = (0..requests.len() as u64).collect();
     for parts in [2, 3] {
-        let threaded = sample_in_parts(
+        let threaded = sample_on_cores(
             &model,
             &cfg,
             &requests,
