@@ -25,10 +25,8 @@ fn main() {
     let mcfg = task.model_config();
     let tcfg = task.train_config().with_progress(false);
     for round in 0..2 {
-        <CpuTrainBackend as Backend>::seed(&device, task.seed);
-        let model = mcfg.init::<CpuTrainBackend>(&device);
-        // Both runs from the same weights (a fresh model's clones initialise separately).
-        blockdiff::core::train::materialize(&model);
+        // Both runs from the same weights.
+        let model = mcfg.init_seeded::<CpuTrainBackend>(task.seed, &device);
         let t = std::time::Instant::now();
         let (_, one) = train(
             model.clone(),

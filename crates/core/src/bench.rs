@@ -5,7 +5,6 @@
 use std::time::Instant;
 
 use burn::module::AutodiffModule;
-use burn::prelude::*;
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
@@ -186,10 +185,9 @@ impl Trained {
 /// Trains the task's model under `train_cfg` (seeded by the task).
 fn train_task(task: &MarkovTask, train_cfg: TrainConfig) -> Trained {
     let device = Default::default();
-    <CpuTrainBackend as Backend>::seed(&device, task.seed);
     let model_cfg = task.model_config();
     let (train_set, val) = task.data();
-    let model = model_cfg.init::<CpuTrainBackend>(&device);
+    let model = model_cfg.init_seeded::<CpuTrainBackend>(task.seed, &device);
     let (model, report) = train_on_cores(
         model, &model_cfg, &train_cfg, &train_set, &val, None, &device,
     )

@@ -111,6 +111,20 @@ impl BlockDiffusionConfig {
         Ok(())
     }
 
+    /// [`Self::init`] from burn's process-wide RNG seeded with `seed`, with every parameter
+    /// drawn before it returns. burn initialises lazily and its RNG is global, so a plain
+    /// `B::seed` + `init` draws the weights whenever they are first read, interleaved with any
+    /// other thread's draws (tests, data-parallel peers): the same seed then gave different
+    /// weights from run to run. Seeding and drawing here hold one process-wide lock.
+    pub fn init_seeded<B: Backend>(&self, seed: u64, device: &B::Device) -> BlockDiffusionModel<B> {
+        static SEEDED_INIT: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let _turn = SEEDED_INIT.lock().unwrap_or_else(|e| e.into_inner());
+        B::seed(device, seed);
+        let model = self.init::<B>(device);
+        crate::train::materialize(&model);
+        model
+    }
+
     /// Builds a freshly initialised model. Panics only on an invalid config; call
     /// [`Self::validate`] first on untrusted configs.
     pub fn init<B: Backend>(&self, device: &B::Device) -> BlockDiffusionModel<B> {

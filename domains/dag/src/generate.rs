@@ -262,8 +262,7 @@ pub fn pretrain(
         .with_max_len(seq_len);
     mcfg.validate().map_err(DagError::Config)?;
     let device = Default::default();
-    <CpuTrainBackend as Backend>::seed(&device, cfg.seed);
-    let model = mcfg.init::<CpuTrainBackend>(&device);
+    let model = mcfg.init_seeded::<CpuTrainBackend>(cfg.seed, &device);
     let tcfg = TrainConfig::new(seq_len)
         .with_block_sizes(vec![cfg.block])
         .with_block_weights(vec![1.0])

@@ -14,7 +14,6 @@ use blockdiff_core::train::{
     TrainReport,
 };
 use blockdiff_core::{CpuBackend, CpuTrainBackend};
-use burn::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::codec::{Codec, CodecConfig};
@@ -185,14 +184,13 @@ pub fn train(
     }
     tracing::info!(windows = train_set.len(), val = val_set.len(), "tokenized");
     let device = Default::default();
-    <CpuTrainBackend as Backend>::seed(&device, cfg.seed);
     let mcfg = BlockDiffusionConfig::new(tok.vocab_size())
         .with_d_model(cfg.d_model)
         .with_n_layers(cfg.n_layers)
         .with_n_heads(cfg.n_heads)
         .with_max_len(settings.seq_len);
     mcfg.validate().map_err(MusicError::Config)?;
-    let model = mcfg.init::<CpuTrainBackend>(&device);
+    let model = mcfg.init_seeded::<CpuTrainBackend>(cfg.seed, &device);
     let block = settings.block_tokens();
     let tcfg = TrainConfig::new(settings.seq_len)
         .with_block_sizes(vec![1, block])

@@ -551,8 +551,7 @@ pub fn train(
     let mcfg = settings.model_config();
     mcfg.validate().map_err(RobotError::Config)?;
     let device = Default::default();
-    <CpuTrainBackend as Backend>::seed(&device, cfg.seed);
-    let mut model = mcfg.init::<CpuTrainBackend>(&device);
+    let mut model = mcfg.init_seeded::<CpuTrainBackend>(cfg.seed, &device);
     if cfg.value_features {
         let table = settings.value_feature_table()?;
         model = model.with_token_features(Tensor::from_data(

@@ -135,6 +135,7 @@ fn policy_learns_a_known_mapping_and_cache_equals_recompute() {
     let (chunks, stats) = policy.act(&obs, &sampler).unwrap();
     eprintln!("batch of 64: {} model calls", stats.nfe);
     let (err, base) = expert_error(&obs, &chunks);
+    eprintln!("policy error {err:.3} vs mean-prediction error {base:.3}");
     assert!(
         err < 0.35 * base,
         "policy error {err:.3} vs mean-prediction error {base:.3}"

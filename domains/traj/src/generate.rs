@@ -178,9 +178,8 @@ pub fn train_model(
         });
     mcfg.validate().map_err(TrajError::Config)?;
     let device = Default::default();
-    <CpuTrainBackend as Backend>::seed(&device, cfg.seed);
     let model = mcfg
-        .init::<CpuTrainBackend>(&device)
+        .init_seeded::<CpuTrainBackend>(cfg.seed, &device)
         .with_token_features(feature_tensor(net, &tok, &device));
     let tcfg = TrainConfig::new(seq_len)
         .with_steps(cfg.steps)
