@@ -83,6 +83,13 @@ enum BenchCommand {
         /// Training steps (default: the task size's own, 1,500 small / 4,000 full).
         #[arg(long)]
         steps: Option<usize>,
+        /// Training loss estimator (default: the task size's own).
+        #[arg(long, value_enum)]
+        loss: Option<LossArg>,
+        /// Relative frequency of each block size of the training mixture, comma-separated
+        /// (small: blocks 1,4,8; full: 1,4,8,16).
+        #[arg(long, value_delimiter = ',')]
+        block_weights: Option<Vec<f64>>,
     },
     /// Every decoding policy (threshold sweep, S2D2, DCD, ARPC, FlashBlock, uniform kernel)
     /// on the Markov task or the trajectory benchmark: NFE, wall-clock and quality;
@@ -139,6 +146,27 @@ enum SamplerTask {
     Small,
     Full,
     Traj,
+}
+
+/// `--loss`: how training weighs masked tokens.
+#[derive(Clone, Copy, ValueEnum)]
+enum LossArg {
+    /// Bernoulli(t) masking, weight 1/t (BD3-LM).
+    InverseT,
+    /// Bernoulli(t) masking, weight 1/(realised mask ratio).
+    MaskRatio,
+    /// k ~ U{1..B} positions masked, weight B/k (the evaluation estimator).
+    MaskCount,
+}
+
+impl From<LossArg> for blockdiff_core::schedule::LossWeighting {
+    fn from(a: LossArg) -> Self {
+        match a {
+            LossArg::InverseT => Self::InverseT,
+            LossArg::MaskRatio => Self::RealisedMaskRatio,
+            LossArg::MaskCount => Self::MaskCount,
+        }
+    }
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -221,12 +249,28 @@ fn run(command: Command) -> Result<()> {
                     task,
                     repeats,
                     steps,
+                    loss,
+                    block_weights,
                 },
         } => {
             let mut task = task.task();
             if let Some(steps) = steps {
                 anyhow::ensure!(steps > 0, "--steps must be at least 1");
                 task.steps = steps;
+            }
+            if let Some(loss) = loss {
+                task.loss_weighting = loss.into();
+            }
+            if let Some(w) = block_weights {
+                anyhow::ensure!(
+                    w.len() == task.block_sizes.len()
+                        && w.iter().all(|x| x.is_finite() && *x >= 0.0)
+                        && w.iter().any(|x| *x > 0.0),
+                    "--block-weights needs {} finite non-negative numbers, not all 0 (block sizes {:?})",
+                    task.block_sizes.len(),
+                    task.block_sizes
+                );
+                task.block_weights = Some(w);
             }
             bench_core(json, task, repeats).map(|_| ())
         }

@@ -13,6 +13,13 @@ pub enum LossWeighting {
     /// `1/r` with `r` the block's realised mask ratio: lower variance, same expectation when
     /// the ratio concentrates around `t` (SDAR-VL's "effective mask ratio").
     RealisedMaskRatio,
+    /// The evaluation estimator used for training: per block `k = ⌊t·B⌋ + 1` positions (so
+    /// `k ~ U{1..B}` for `t ~ U[0, 1]`) are masked uniformly at random, loss weight `B/k`.
+    /// Unbiased for the NELBO like `1/t`, but no block goes without a masked token and no
+    /// weight exceeds `B` (with `1/t` and `t_min = 0.02` a lone masked token weighs 50), and
+    /// a block of size 1 is always masked: the AR mode trains on every token, not on a
+    /// `t`-fraction of them.
+    MaskCount,
 }
 
 /// SDAR-VL's Beta noise curriculum: per-block rates `t ~ Beta(μC, (1 − μ)C)` with mean `μ` and

@@ -314,6 +314,25 @@ pub enum Noise {
     AllMasked,
 }
 
+/// Masks `k = ⌊u·B⌋ + 1` of a block's `B` positions uniformly at random (`u ∈ [0, 1)` the
+/// block's stratified draw), loss weight `B/k`. With `u ~ U[0, 1)`, `k ~ U{1..B}` and per
+/// block the expectation is `Σ_k c_k` (`c_k`: mean loss of a masked token when `k` are
+/// masked), the continuous-time NELBO over `t ∈ [0, 1]` (`∫ (1/t)·Bin(k; B, t)·k dt = 1`),
+/// with bounded weights and so finite variance.
+fn mask_count(block: usize, u: f64, rng: &mut StdRng) -> (Vec<bool>, f64) {
+    let k = ((u * block as f64) as usize + 1).min(block);
+    let mut order: Vec<usize> = (0..block).collect();
+    for a in 0..k {
+        let b = rng.random_range(a..block);
+        order.swap(a, b);
+    }
+    let mut m = vec![false; block];
+    for &j in &order[..k] {
+        m[j] = true;
+    }
+    (m, block as f64 / k as f64)
+}
+
 /// Builds the noised training input for `examples` (all validated by [`check_data`]).
 #[allow(clippy::too_many_arguments)]
 pub fn noised_batch<B: Backend>(
@@ -386,24 +405,9 @@ pub fn noised_batch<B: Backend>(
             }
             let (masked, w): (Vec<bool>, f64) = match noise {
                 Noise::AllMasked => (vec![true; block], 1.0),
-                Noise::Random => {
-                    // k ~ U{1..B} from the block's stratified uniform draw, k positions
-                    // masked uniformly at random, weight B/k: per block the expectation is
-                    // Σ_k c_k (c_k: mean loss of a masked token when k are masked), the
-                    // continuous-time NELBO over t ∈ [0, 1] (∫ (1/t)·Bin(k; B, t) k dt = 1),
-                    // without the training clip [t_min, t_max] (which weighs k = 1 by
-                    // 1 − (1 − t_min)^B less) and with finite variance.
-                    let k = ((t_block * block as f64) as usize + 1).min(block);
-                    let mut order: Vec<usize> = (0..block).collect();
-                    for a in 0..k {
-                        let b = rng.random_range(a..block);
-                        order.swap(a, b);
-                    }
-                    let mut m = vec![false; block];
-                    for &j in &order[..k] {
-                        m[j] = true;
-                    }
-                    (m, block as f64 / k as f64)
+                Noise::Random => mask_count(block, t_block, rng),
+                Noise::Training { .. } if cfg.loss_weighting == LossWeighting::MaskCount => {
+                    mask_count(block, t_block, rng)
                 }
                 Noise::Training { .. } => {
                     let t = t_block;
@@ -411,7 +415,7 @@ pub fn noised_batch<B: Backend>(
                     let count = m.iter().filter(|&&x| x).count();
                     let w = match cfg.loss_weighting {
                         LossWeighting::InverseT => 1.0 / t,
-                        LossWeighting::RealisedMaskRatio => {
+                        LossWeighting::RealisedMaskRatio | LossWeighting::MaskCount => {
                             if count == 0 {
                                 0.0
                             } else {
@@ -1227,6 +1231,51 @@ mod tests {
         let cut = logits(8);
         let diff: f32 = (full - cut).abs().max().into_scalar().elem();
         assert!(diff <= 1e-5, "kept logits changed by {diff}");
+    }
+
+    /// `MaskCount` training masks every block (k ≥ 1, so no block goes without a loss) with
+    /// weight B/k, like the evaluation estimator; a block of size 1 is always masked (pure AR
+    /// cross-entropy); and the mean weighted mask count per block is B, the NELBO's
+    /// normalisation, as it is for `1/t` weighting only in expectation.
+    #[test]
+    fn mask_count_training_masks_every_block_with_weight_b_over_k() {
+        let device = Default::default();
+        let mcfg = BlockDiffusionConfig::new(40)
+            .with_d_model(16)
+            .with_n_layers(1)
+            .with_n_heads(2);
+        let examples: Vec<Example> = (0..64)
+            .map(|i| Example::tokens((0..16).map(|j| 4 + ((i + j) % 30) as u32).collect()))
+            .collect();
+        let refs: Vec<&Example> = examples.iter().collect();
+        let mut rng = StdRng::seed_from_u64(7);
+        for block in [1usize, 4, 8] {
+            let cfg = TrainConfig::new(16).with_loss_weighting(LossWeighting::MaskCount);
+            let b = noised_batch::<CpuBackend>(
+                &refs,
+                &mcfg,
+                &cfg,
+                block,
+                Noise::Training { progress: 0.5 },
+                false,
+                &mut rng,
+                &device,
+            );
+            let w: Vec<f32> = b.weights.into_data().to_vec().unwrap();
+            let mut weighted = 0.0f64;
+            let mut n_blocks = 0usize;
+            for blk in w.chunks(block) {
+                let k = blk.iter().filter(|&&x| x > 0.0).count();
+                assert!(k >= 1, "a block of {block} has no masked token");
+                for &x in blk.iter().filter(|&&x| x > 0.0) {
+                    assert!((x as f64 - block as f64 / k as f64).abs() < 1e-6);
+                }
+                weighted += blk.iter().map(|&x| x as f64).sum::<f64>();
+                n_blocks += 1;
+            }
+            let mean = weighted / n_blocks as f64;
+            assert!((mean - block as f64).abs() < 1e-6, "block {block}: {mean}");
+        }
     }
 
     /// Per-position AR losses: entry `i` reads only tokens up to `i` (changing later tokens
