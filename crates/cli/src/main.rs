@@ -150,7 +150,7 @@ enum SamplerTask {
 
 /// `--loss`: how training weighs masked tokens.
 #[derive(Clone, Copy, ValueEnum)]
-enum LossArg {
+pub(crate) enum LossArg {
     /// Bernoulli(t) masking, weight 1/t (BD3-LM).
     InverseT,
     /// Bernoulli(t) masking, weight 1/(realised mask ratio).

@@ -15,6 +15,8 @@ use blockdiff_music::stream::{run_stream, StreamOptions, StreamReport};
 use clap::{Args, Subcommand};
 use serde::Serialize;
 
+use crate::LossArg;
+
 /// Debian's `fluid-soundfont-gm` (installed by `datasets/music/fetch.sh`).
 const DEFAULT_SOUNDFONT: &str = "/usr/share/sounds/sf2/FluidR3_GM.sf2";
 const DEFAULT_MANIFEST: &str = "out/music/midi/manifest.json";
@@ -74,6 +76,9 @@ pub struct TrainArgs {
     /// Share of steps at block size 1 (the AR mode that scores exact bits per token).
     #[arg(long, default_value_t = 0.4)]
     ar_share: f64,
+    /// Training loss estimator.
+    #[arg(long, value_enum, default_value_t = LossArg::InverseT)]
+    loss: LossArg,
     /// Seed.
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -99,6 +104,7 @@ impl TrainArgs {
             batch_size: self.batch,
             lr: self.lr,
             ar_share: self.ar_share,
+            loss_weighting: self.loss.into(),
             seed: self.seed,
         }
     }

@@ -9,6 +9,7 @@ use blockdiff_core::checkpoint;
 use blockdiff_core::condition::Example;
 use blockdiff_core::model::{BlockDiffusionConfig, BlockDiffusionModel};
 use blockdiff_core::sample::{CommitPolicy, SamplerConfig};
+use blockdiff_core::schedule::LossWeighting;
 use blockdiff_core::train::{
     evaluate_positions, train_on_cores as core_train, CheckpointSpec, Noise, TrainConfig,
     TrainReport,
@@ -72,6 +73,10 @@ pub struct MusicTrainConfig {
     pub lr: f64,
     /// Share of steps trained at block size 1 (AR mode: exact held-out bits per token).
     pub ar_share: f64,
+    /// How masked-token losses are weighted (`MaskCount` trains block size 1, the AR mode
+    /// that scores bits per token, on every token instead of a `t`-fraction of them).
+    #[serde(default)]
+    pub loss_weighting: LossWeighting,
     /// Seed.
     pub seed: u64,
 }
@@ -89,6 +94,7 @@ impl Default for MusicTrainConfig {
             batch_size: 16,
             lr: 2e-3,
             ar_share: 0.4,
+            loss_weighting: LossWeighting::InverseT,
             seed: 0,
         }
     }
@@ -195,6 +201,7 @@ pub fn train(
     let tcfg = TrainConfig::new(settings.seq_len)
         .with_block_sizes(vec![1, block])
         .with_block_weights(vec![cfg.ar_share, 1.0 - cfg.ar_share])
+        .with_loss_weighting(cfg.loss_weighting)
         .with_eval_block_size(block)
         .with_steps(cfg.steps)
         .with_batch_size(cfg.batch_size)
