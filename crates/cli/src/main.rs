@@ -262,16 +262,14 @@ fn run(command: Command) -> Result<()> {
                 task.loss_weighting = loss.into();
             }
             if let Some(w) = block_weights {
-                anyhow::ensure!(
-                    w.len() == task.block_sizes.len()
-                        && w.iter().all(|x| x.is_finite() && *x >= 0.0)
-                        && w.iter().any(|x| *x > 0.0),
-                    "--block-weights needs {} finite non-negative numbers, not all 0 (block sizes {:?})",
-                    task.block_sizes.len(),
-                    task.block_sizes
-                );
                 task.block_weights = Some(w);
             }
+            task.validate().with_context(|| {
+                format!(
+                    "bench core options (--block-weights for block sizes {:?})",
+                    task.block_sizes
+                )
+            })?;
             bench_core(json, task, repeats).map(|_| ())
         }
     }

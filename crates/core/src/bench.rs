@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::condition::{Conditioning, Example};
 use crate::constraint::Unconstrained;
+use crate::error::TrainError;
 use crate::model::{BlockDiffusionConfig, BlockDiffusionModel};
 use crate::sample::{sample, CommitPolicy, SamplerConfig};
 use crate::schedule::LossWeighting;
@@ -120,6 +121,12 @@ impl MarkovTask {
             .with_n_layers(self.n_layers)
             .with_n_heads(self.n_heads)
             .with_max_len(self.seq_len + 16)
+    }
+
+    /// Checks the training config the task builds (block weights, block sizes, schedule), so
+    /// a command-line override is a typed error here rather than a panic in [`fit_markov`].
+    pub fn validate(&self) -> Result<(), TrainError> {
+        self.train_config().validate()
     }
 
     /// Train config.

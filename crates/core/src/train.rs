@@ -105,7 +105,7 @@ pub struct TrainConfig {
 }
 
 impl TrainConfig {
-    fn validate(&self) -> Result<(), TrainError> {
+    pub(crate) fn validate(&self) -> Result<(), TrainError> {
         let bad = |m: String| Err(TrainError::Config(m));
         if self.block_sizes.is_empty() || self.block_sizes.len() != self.block_weights.len() {
             return bad(
@@ -123,10 +123,13 @@ impl TrainConfig {
         if let Some(c) = &self.beta_curriculum {
             c.validate().map_err(TrainError::Config)?;
         }
-        if self.block_weights.iter().any(|w| !(*w >= 0.0))
+        if self
+            .block_weights
+            .iter()
+            .any(|w| !(w.is_finite() && *w >= 0.0))
             || self.block_weights.iter().sum::<f64>() <= 0.0
         {
-            return bad("block_weights must be >= 0 with a positive sum".into());
+            return bad("block_weights must be finite and >= 0 with a positive sum".into());
         }
         if !(self.t_min > 0.0 && self.t_min <= self.t_max && self.t_max <= 1.0) {
             return bad(format!(
@@ -406,25 +409,22 @@ pub fn noised_batch<B: Backend>(
             let (masked, w): (Vec<bool>, f64) = match noise {
                 Noise::AllMasked => (vec![true; block], 1.0),
                 Noise::Random => mask_count(block, t_block, rng),
-                Noise::Training { .. } if cfg.loss_weighting == LossWeighting::MaskCount => {
-                    mask_count(block, t_block, rng)
-                }
-                Noise::Training { .. } => {
-                    let t = t_block;
-                    let m: Vec<bool> = (0..block).map(|_| rng.random::<f64>() < t).collect();
-                    let count = m.iter().filter(|&&x| x).count();
-                    let w = match cfg.loss_weighting {
-                        LossWeighting::InverseT => 1.0 / t,
-                        LossWeighting::RealisedMaskRatio | LossWeighting::MaskCount => {
-                            if count == 0 {
-                                0.0
-                            } else {
-                                block as f64 / count as f64
-                            }
-                        }
-                    };
-                    (m, w)
-                }
+                Noise::Training { .. } => match cfg.loss_weighting {
+                    LossWeighting::MaskCount => mask_count(block, t_block, rng),
+                    weighting => {
+                        let t = t_block;
+                        let m: Vec<bool> = (0..block).map(|_| rng.random::<f64>() < t).collect();
+                        let count = m.iter().filter(|&&x| x).count();
+                        let w = if weighting == LossWeighting::InverseT {
+                            1.0 / t
+                        } else if count == 0 {
+                            0.0
+                        } else {
+                            block as f64 / count as f64
+                        };
+                        (m, w)
+                    }
+                },
             };
             for (j, &tok) in blk.iter().enumerate() {
                 xt.push(if masked[j] { MASK } else { tok });
