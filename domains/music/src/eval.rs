@@ -32,6 +32,13 @@ pub struct EvalReport {
     pub unigram_bits_per_token: f64,
     /// `1 − bits / bigram`.
     pub gain_vs_bigram: f64,
+    /// `bits_per_token` per frame slot, in token-layout order `[gain, q0, q1, …]`: where
+    /// the model gains on the bigram and where neither predicts much.
+    #[serde(default)]
+    pub slot_bits_per_token: Vec<f64>,
+    /// `bigram_bits_per_token` per frame slot.
+    #[serde(default)]
+    pub slot_bigram_bits_per_token: Vec<f64>,
     /// Tokens of context before every token scored by the numbers above.
     pub stream_context_tokens: usize,
     /// AR-mode bits per token over whole windows (a window's first tokens see no context).
@@ -110,10 +117,16 @@ pub fn evaluate(
     let tw: Vec<&[u32]> = test_windows.iter().map(|e| e.tokens.as_slice()).collect();
     let vw: Vec<&[u32]> = val_windows.iter().map(|e| e.tokens.as_slice()).collect();
     let vocab = m.tokenizer.vocab_size();
-    let [ngram, ngram_window]: [_; 2] =
-        NgramBaseline::evaluate(&train_streams, &vw, &tw, vocab, &[bits.stream_context, 0])
-            .try_into()
-            .expect("one result per start");
+    let [ngram, ngram_window]: [_; 2] = NgramBaseline::evaluate(
+        &train_streams,
+        &vw,
+        &tw,
+        vocab,
+        &[bits.stream_context, 0],
+        s.frame_len(),
+    )
+    .try_into()
+    .expect("one result per start");
 
     // Codec quality on the test audio (whole tracks).
     let (mut sdr_c, mut sdr_m, mut d_c, mut d_m) = (0.0, 0.0, 0.0, 0.0);
@@ -161,6 +174,8 @@ pub fn evaluate(
         bigram_bits_per_token: ngram.bigram,
         unigram_bits_per_token: ngram.unigram,
         gain_vs_bigram: 1.0 - bits.ar_stream / ngram.bigram,
+        slot_bits_per_token: bits.ar_stream_by_slot,
+        slot_bigram_bits_per_token: ngram.bigram_by_slot,
         stream_context_tokens: bits.stream_context,
         bits_per_token_window: bits.ar_window,
         block_nelbo_bits_per_token_window: bits.block_window,

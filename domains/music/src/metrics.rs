@@ -329,6 +329,8 @@ pub struct NgramBits {
     pub bigram: f64,
     /// The smoothing chosen on validation data.
     pub alpha: f64,
+    /// Bigram bits per token of each frame slot (`evaluate`'s `period`).
+    pub bigram_by_slot: Vec<f64>,
 }
 
 impl NgramBaseline {
@@ -359,14 +361,33 @@ impl NgramBaseline {
     /// Bits per token on token windows, scoring each window's positions from `from` on (the
     /// bigram still sees the token before `from`).
     pub fn bits(&self, windows: &[&[u32]], from: usize) -> (f64, f64) {
+        let (u, b, n) = self.sums_by_slot(windows, from, 1).pop().expect("one slot");
+        (u / n.max(1) as f64, b / n.max(1) as f64)
+    }
+
+    /// Bigram bits per token of each frame slot: position `i` of a window is slot
+    /// `i % period` (windows start on a frame boundary). Same scoring as [`Self::bits`].
+    pub fn bigram_bits_by_slot(&self, windows: &[&[u32]], from: usize, period: usize) -> Vec<f64> {
+        self.sums_by_slot(windows, from, period.max(1))
+            .into_iter()
+            .map(|(_, b, n)| b / n.max(1) as f64)
+            .collect()
+    }
+
+    /// Summed unigram and bigram bits and the token count, per slot `i % period`.
+    fn sums_by_slot(
+        &self,
+        windows: &[&[u32]],
+        from: usize,
+        period: usize,
+    ) -> Vec<(f64, f64, usize)> {
         let total: f64 = self.unigram.iter().sum();
         let denom_uni = total + self.alpha * self.vocab as f64;
-        let (mut u, mut b, mut n) = (0.0, 0.0, 0usize);
+        let mut sums = vec![(0.0, 0.0, 0usize); period];
         for w in windows {
             for (i, &t) in w.iter().enumerate().skip(from) {
                 let t = t as usize;
                 let pu = (self.unigram[t] + self.alpha) / denom_uni;
-                u -= pu.log2();
                 let pb = if i == 0 {
                     pu
                 } else {
@@ -374,21 +395,24 @@ impl NgramBaseline {
                     (self.bigram[a * self.vocab + t] + self.alpha)
                         / (self.row_totals[a] + self.alpha * self.vocab as f64)
                 };
-                b -= pb.log2();
-                n += 1;
+                let slot = &mut sums[i % period];
+                slot.0 -= pu.log2();
+                slot.1 -= pb.log2();
+                slot.2 += 1;
             }
         }
-        (u / n.max(1) as f64, b / n.max(1) as f64)
+        sums
     }
 
     /// Fits on `train` once; for each `from` (see [`Self::bits`]) picks α on `val` (best
-    /// bigram bits) and returns the bits on `test`.
+    /// bigram bits) and returns the bits on `test`, overall and per slot `i % period`.
     pub fn evaluate(
         train: &[Vec<u32>],
         val: &[&[u32]],
         test: &[&[u32]],
         vocab: usize,
         froms: &[usize],
+        period: usize,
     ) -> Vec<NgramBits> {
         // Counts once; only the smoothing changes between candidates.
         let mut m = Self::fit(train, vocab, 1e-3);
@@ -410,6 +434,7 @@ impl NgramBaseline {
                     unigram,
                     bigram,
                     alpha: m.alpha,
+                    bigram_by_slot: m.bigram_bits_by_slot(test, from, period),
                 }
             })
             .collect()
@@ -510,12 +535,27 @@ mod tests {
         let stream: Vec<u32> = (0..3000).map(|i| 4 + (i % 5) as u32).collect();
         let w: Vec<&[u32]> = stream.chunks(100).collect();
         let bits =
-            NgramBaseline::evaluate(std::slice::from_ref(&stream), &w, &w, 9, &[0]).remove(0);
+            NgramBaseline::evaluate(std::slice::from_ref(&stream), &w, &w, 9, &[0], 5).remove(0);
         assert!(
             (bits.unigram - 5f64.log2()).abs() < 0.01,
             "{}",
             bits.unigram
         );
         assert!(bits.bigram < 0.1, "{}", bits.bigram);
+        // Windows of 100 start on a cycle boundary, so every slot holds one token of the
+        // cycle; the slots' mean is the overall bigram (equal counts), and only a window's
+        // first token (slot 0, no predecessor: unigram) costs more than the rest.
+        assert_eq!(bits.bigram_by_slot.len(), 5);
+        let mean = bits.bigram_by_slot.iter().sum::<f64>() / 5.0;
+        assert!(
+            (mean - bits.bigram).abs() < 1e-9,
+            "{mean} vs {}",
+            bits.bigram
+        );
+        assert!(
+            bits.bigram_by_slot[0] > bits.bigram_by_slot[1],
+            "{:?}",
+            bits.bigram_by_slot
+        );
     }
 }

@@ -340,18 +340,32 @@ impl MusicModel {
             2,
             &device,
         );
+        // Windows start on a frame boundary, so position p holds frame slot p % frame_len.
+        let period = self.settings.frame_len();
+        let ar_stream_by_slot = (0..period)
+            .map(|slot| {
+                let v: Vec<f64> = ar[from..]
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, _)| (from + i) % period == slot)
+                    .map(|(_, &x)| x)
+                    .collect();
+                mean(&v)
+            })
+            .collect();
         HeldOutBits {
             ar_window: mean(&ar),
             block_window: mean(&block),
             ar_stream: mean(&ar[from..]),
             block_stream: mean(&block[from..]),
             stream_context: from,
+            ar_stream_by_slot,
         }
     }
 }
 
 /// [`MusicModel::bits_per_token`]'s numbers (bits per token).
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct HeldOutBits {
     /// AR-mode NLL over whole windows (a window's first tokens have no context).
     pub ar_window: f64,
@@ -363,4 +377,6 @@ pub struct HeldOutBits {
     pub block_stream: f64,
     /// First scored position of the stream numbers.
     pub stream_context: usize,
+    /// `ar_stream` per frame slot (`[gain, q0, q1, …]`).
+    pub ar_stream_by_slot: Vec<f64>,
 }
