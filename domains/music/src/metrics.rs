@@ -361,17 +361,24 @@ impl NgramBaseline {
     /// Bits per token on token windows, scoring each window's positions from `from` on (the
     /// bigram still sees the token before `from`).
     pub fn bits(&self, windows: &[&[u32]], from: usize) -> (f64, f64) {
-        let (u, b, n) = self.sums_by_slot(windows, from, 1).pop().expect("one slot");
-        (u / n.max(1) as f64, b / n.max(1) as f64)
+        let (u, b, _) = self.bits_by_slot(windows, from, 1);
+        (u, b)
     }
 
-    /// Bigram bits per token of each frame slot: position `i` of a window is slot
-    /// `i % period` (windows start on a frame boundary). Same scoring as [`Self::bits`].
-    pub fn bigram_bits_by_slot(&self, windows: &[&[u32]], from: usize, period: usize) -> Vec<f64> {
-        self.sums_by_slot(windows, from, period.max(1))
-            .into_iter()
-            .map(|(_, b, n)| b / n.max(1) as f64)
-            .collect()
+    /// [`Self::bits`], plus the bigram bits per token of each frame slot: position `i` of a
+    /// window is slot `i % period` (windows start on a frame boundary). One pass.
+    pub fn bits_by_slot(
+        &self,
+        windows: &[&[u32]],
+        from: usize,
+        period: usize,
+    ) -> (f64, f64, Vec<f64>) {
+        let sums = self.sums_by_slot(windows, from, period.max(1));
+        let n: usize = sums.iter().map(|s| s.2).sum();
+        let u: f64 = sums.iter().map(|s| s.0).sum();
+        let b: f64 = sums.iter().map(|s| s.1).sum();
+        let by_slot = sums.iter().map(|&(_, b, n)| b / n.max(1) as f64).collect();
+        (u / n.max(1) as f64, b / n.max(1) as f64, by_slot)
     }
 
     /// Summed unigram and bigram bits and the token count, per slot `i % period`.
@@ -429,12 +436,12 @@ impl NgramBaseline {
                     }
                 }
                 m.alpha = best.1;
-                let (unigram, bigram) = m.bits(test, from);
+                let (unigram, bigram, bigram_by_slot) = m.bits_by_slot(test, from, period);
                 NgramBits {
                     unigram,
                     bigram,
                     alpha: m.alpha,
-                    bigram_by_slot: m.bigram_bits_by_slot(test, from, period),
+                    bigram_by_slot,
                 }
             })
             .collect()

@@ -74,7 +74,8 @@ pub struct MusicTrainConfig {
     /// Share of steps trained at block size 1 (AR mode: exact held-out bits per token).
     pub ar_share: f64,
     /// How masked-token losses are weighted (`MaskCount` trains block size 1, the AR mode
-    /// that scores bits per token, on every token instead of a `t`-fraction of them).
+    /// that scores bits per token, on every token instead of a `t`-fraction of them). A
+    /// config saved before this field existed was trained with, and loads as, `InverseT`.
     #[serde(default)]
     pub loss_weighting: LossWeighting,
     /// Seed.
@@ -94,7 +95,7 @@ impl Default for MusicTrainConfig {
             batch_size: 16,
             lr: 2e-3,
             ar_share: 0.4,
-            loss_weighting: LossWeighting::InverseT,
+            loss_weighting: LossWeighting::MaskCount,
             seed: 0,
         }
     }
@@ -342,16 +343,14 @@ impl MusicModel {
         );
         // Windows start on a frame boundary, so position p holds frame slot p % frame_len.
         let period = self.settings.frame_len();
-        let ar_stream_by_slot = (0..period)
-            .map(|slot| {
-                let v: Vec<f64> = ar[from..]
-                    .iter()
-                    .enumerate()
-                    .filter(|(i, _)| (from + i) % period == slot)
-                    .map(|(_, &x)| x)
-                    .collect();
-                mean(&v)
-            })
+        let mut slot_sums = vec![(0.0, 0usize); period];
+        for (p, &x) in ar.iter().enumerate().skip(from) {
+            slot_sums[p % period].0 += x;
+            slot_sums[p % period].1 += 1;
+        }
+        let ar_stream_by_slot = slot_sums
+            .iter()
+            .map(|&(sum, n)| sum / n.max(1) as f64 / ln2)
             .collect();
         HeldOutBits {
             ar_window: mean(&ar),
