@@ -3,16 +3,69 @@ use std::time::Instant;
 
 use blockdiff_kernels::cpu;
 
-fn time(name: &str, mut f: impl FnMut()) {
+fn time(name: &str, f: impl FnMut()) {
+    time_n(name, 20, f);
+}
+
+fn time_n(name: &str, reps: usize, mut f: impl FnMut()) {
     f();
     let t = Instant::now();
-    for _ in 0..20 {
+    for _ in 0..reps {
         f();
     }
     println!(
-        "{name:32} {:8.3} ms",
-        t.elapsed().as_secs_f64() / 20.0 * 1e3
+        "{name:40} {:8.3} ms",
+        t.elapsed().as_secs_f64() / reps as f64 * 1e3
     );
+}
+
+/// A music stream's sampling call: 20 (and 40) queries, 4 heads of 32, over a 220-position
+/// cache plus the call's own keys, fused kernel against burn's composition (concatenate the
+/// cache, two matmuls, softmax), alternated.
+fn cached_attention() {
+    use burn::backend::Flex;
+    use burn::prelude::*;
+    let d = Default::default();
+    let (h, dh, cache) = (4usize, 32usize, 220usize);
+    let t = |n: usize, seed: usize| {
+        let v: Vec<f32> = (0..n * h * dh)
+            .map(|i| (((i + seed) * 7919) % 1000) as f32 / 500.0 - 1.0)
+            .collect();
+        Tensor::<Flex, 1>::from_floats(v.as_slice(), &d).reshape([1, n, h, dh])
+    };
+    for nq in [20usize, 40] {
+        let (pk, pv, k, v) = (t(cache, 1), t(cache, 2), t(nq, 3), t(nq, 4));
+        let q = t(nq, 5).reshape([1, nq, h * dh]);
+        let burn = || {
+            let kk = Tensor::cat(vec![pk.clone(), k.clone()], 1).swap_dims(1, 2);
+            let vv = Tensor::cat(vec![pv.clone(), v.clone()], 1).swap_dims(1, 2);
+            let qh = q.clone().reshape([1, nq, h, dh]).swap_dims(1, 2);
+            let s = qh.matmul(kk.swap_dims(2, 3)) * (1.0 / (dh as f64).sqrt());
+            let a = blockdiff_kernels::softmax(s, 3).matmul(vv);
+            blockdiff_kernels::merge_heads(a).into_data()
+        };
+        let fused = || {
+            blockdiff_kernels::cached_attention(&q, h, &[(&pk, &pv), (&k, &v)], None)
+                .expect("Flex")
+                .into_data()
+        };
+        for round in 0..2 {
+            time_n(
+                &format!("attention {nq} q, burn ops (round {round})"),
+                500,
+                || {
+                    let _ = burn();
+                },
+            );
+            time_n(
+                &format!("attention {nq} q, fused (round {round})"),
+                500,
+                || {
+                    let _ = fused();
+                },
+            );
+        }
+    }
 }
 
 fn main() {
@@ -48,6 +101,7 @@ fn main() {
             let _ = blockdiff_kernels::silu(t.clone());
         });
     }
+    cached_attention();
     time("cpu::exp (2M, 1 thread)", || {
         for (o, v) in out.iter_mut().zip(&x) {
             *o = cpu::exp(*v);

@@ -24,4 +24,4 @@
 pub mod cpu;
 pub mod ops;
 
-pub use ops::{enabled, merge_heads, silu, softmax, split_heads};
+pub use ops::{cached_attention, enabled, merge_heads, rope_rotate, silu, softmax, split_heads};

@@ -278,3 +278,90 @@ pub fn softmax<B: Backend, const D: usize>(x: Tensor<B, D>, dim: usize) -> Tenso
     dispatch::<B, D, D>(x, Some(&flex_softmax), &ad_softmax)
         .unwrap_or_else(|x| activation::softmax(x, dim))
 }
+
+/// `t` as a contiguous f32 `Flex` tensor, when `B` is `Flex`.
+fn flex_f32<B: Backend, const D: usize>(t: &Tensor<B, D>) -> Option<FlexTensor> {
+    let t = same::<_, Tensor<Flex, D>>(t.clone()).ok()?;
+    contiguous_f32(&t.into_primitive().tensor())
+}
+
+/// Attention of position-major queries `q` (`[b, nq, h·dh]`, rotated) over keys and values
+/// given as position-major runs `[b, m, h, dh]` in order (a KV cache, then the call's own),
+/// with an optional additive `bias` `[1, nq·nk]` (`0` / `−∞`); returns the heads merged,
+/// `[b, nq, h·dh]`.
+///
+/// On `Flex` this is [`cpu::attention_forward`]: one pass per query row, without the copy
+/// of the cache that concatenating it would make. `None` on other backends (CUDA, and
+/// `Autodiff<Flex>`: training never attends to a cache) and with kernels off; the caller then
+/// composes burn's ops.
+pub fn cached_attention<B: Backend>(
+    q: &Tensor<B, 3>,
+    heads: usize,
+    runs: &[(&Tensor<B, 4>, &Tensor<B, 4>)],
+    bias: Option<&Tensor<B, 2>>,
+) -> Option<Tensor<B, 3>> {
+    if !enabled() {
+        return None;
+    }
+    let [b, nq, d] = q.dims();
+    if heads == 0 || d % heads != 0 {
+        return None;
+    }
+    let dh = d / heads;
+    let qf = flex_f32(q)?;
+    let mut kv = Vec::with_capacity(runs.len());
+    for (k, v) in runs {
+        let [kb, len, kh, kd] = k.dims();
+        if [kb, kh, kd] != [b, heads, dh] || v.dims() != k.dims() {
+            return None;
+        }
+        kv.push((flex_f32(*k)?, flex_f32(*v)?, len));
+    }
+    let bias = match bias {
+        Some(x) => Some(flex_f32(x)?),
+        None => None,
+    };
+    let kv_runs: Vec<cpu::KvRun<'_>> = kv
+        .iter()
+        .map(|(k, v, len)| cpu::KvRun {
+            k: slice(k),
+            v: slice(v),
+            len: *len,
+        })
+        .collect();
+    let dims = [b, nq, heads, dh];
+    let head_major = fill_shape([b, heads, nq, dh], |o| {
+        cpu::attention_forward(slice(&qf), &kv_runs, bias.as_ref().map(slice), o, dims)
+    });
+    let out = merge_flex(&head_major, dims);
+    let out = Tensor::<Flex, 3>::from_primitive(TensorPrimitive::Float(out));
+    same(out).ok()
+}
+
+/// Rotary embedding "rotate half" of `x` (`[b, n, h·dh]`, heads side by side):
+/// `x·cos + rotate_half(x)·sin` per head, with `rotate_half([x₁, x₂]) = [−x₂, x₁]` and the
+/// tables given as `[1, n·h·dh]` rows (one entry per element of a sample). `None` unless `B`
+/// is `Flex` (the caller composes burn's ops): one pass instead of a matmul by the signed
+/// permutation, two products and a sum, each a tensor of its own.
+pub fn rope_rotate<B: Backend>(
+    x: &Tensor<B, 3>,
+    cos: &Tensor<B, 2>,
+    sin: &Tensor<B, 2>,
+    head_dim: usize,
+) -> Option<Tensor<B, 3>> {
+    let [b, n, d] = x.dims();
+    if !enabled() || head_dim == 0 || head_dim % 2 != 0 || d % head_dim != 0 {
+        return None;
+    }
+    if cos.dims() != [1, n * d] || sin.dims() != [1, n * d] {
+        return None;
+    }
+    let (xf, cf, sf) = (flex_f32(x)?, flex_f32(cos)?, flex_f32(sin)?);
+    let out = fill_shape([b, n, d], |o| {
+        cpu::rope_forward(slice(&xf), slice(&cf), slice(&sf), o, head_dim)
+    });
+    same(Tensor::<Flex, 3>::from_primitive(TensorPrimitive::Float(
+        out,
+    )))
+    .ok()
+}

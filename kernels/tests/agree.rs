@@ -247,3 +247,101 @@ fn axis_swap_is_exact_serial_and_parallel() {
         assert_eq!(back, x, "swapping back restores the input");
     }
 }
+
+/// The fused cached attention equals the f64 reference over several key runs, with and
+/// without a mask, and the burn op equals burn's composed attention over the concatenation.
+#[test]
+fn cached_attention_matches_the_reference_and_burn() {
+    let (b, nq, h, dh) = (2usize, 5usize, 3usize, 8usize);
+    let lens = [7usize, 5];
+    let q = randn(b * nq * h * dh, 1.5, 40);
+    let ks: Vec<Vec<f32>> = lens
+        .iter()
+        .enumerate()
+        .map(|(i, &m)| randn(b * m * h * dh, 1.5, 41 + i as u64))
+        .collect();
+    let vs: Vec<Vec<f32>> = lens
+        .iter()
+        .enumerate()
+        .map(|(i, &m)| randn(b * m * h * dh, 1.0, 51 + i as u64))
+        .collect();
+    let nk: usize = lens.iter().sum();
+    // Block-causal style mask: query i sees keys up to 7 + i.
+    let bias: Vec<f32> = (0..nq * nk)
+        .map(|x| {
+            if x % nk <= 7 + x / nk {
+                0.0
+            } else {
+                f32::NEG_INFINITY
+            }
+        })
+        .collect();
+    let runs: Vec<cpu::KvRun<'_>> = lens
+        .iter()
+        .enumerate()
+        .map(|(i, &len)| cpu::KvRun {
+            k: &ks[i],
+            v: &vs[i],
+            len,
+        })
+        .collect();
+    for mask in [None, Some(bias.as_slice())] {
+        let mut out = vec![0.0; q.len()];
+        cpu::attention_forward(&q, &runs, mask, &mut out, [b, nq, h, dh]);
+        let want = reference::attention(&q, &runs, mask, [b, nq, h, dh]);
+        let e = max_rel(&out, &want, 1e-3);
+        assert!(e < 5e-5, "mask {}: {e}", mask.is_some());
+    }
+    // The burn op (heads merged) against burn's composition over the concatenated cache.
+    let device = Default::default();
+    let t4 =
+        |v: &[f32], m: usize| Tensor::<Flex, 1>::from_floats(v, &device).reshape([b, m, h, dh]);
+    let qt = Tensor::<Flex, 1>::from_floats(q.as_slice(), &device).reshape([b, nq, h * dh]);
+    let (k0, v0, k1, v1) = (t4(&ks[0], 7), t4(&vs[0], 7), t4(&ks[1], 5), t4(&vs[1], 5));
+    let bias_t = Tensor::<Flex, 1>::from_floats(bias.as_slice(), &device).reshape([1, nq * nk]);
+    let got = blockdiff_kernels::cached_attention(&qt, h, &[(&k0, &v0), (&k1, &v1)], Some(&bias_t))
+        .expect("Flex runs the kernel");
+    let k = Tensor::cat(vec![k0, k1], 1).swap_dims(1, 2);
+    let v = Tensor::cat(vec![v0, v1], 1).swap_dims(1, 2);
+    let qh = qt.reshape([b, nq, h, dh]).swap_dims(1, 2);
+    let scores = qh.matmul(k.swap_dims(2, 3)) * (1.0 / (dh as f64).sqrt());
+    let scores = (scores.reshape([b * h, nq * nk]) + bias_t).reshape([b, h, nq, nk]);
+    let want = activation::softmax(scores, 3)
+        .matmul(v)
+        .swap_dims(1, 2)
+        .reshape([b, nq, h * dh]);
+    let (got, want) = (
+        got.into_data().to_vec::<f32>().unwrap(),
+        want.into_data().to_vec::<f32>().unwrap(),
+    );
+    assert!(max_rel(&got, &want, 1e-3) < 1e-4);
+}
+
+/// The one-pass rotary embedding equals the reference and burn's rotate-half composition.
+#[test]
+fn rope_matches_the_reference_and_burn() {
+    let (b, n, d, hd) = (2usize, 3usize, 8usize, 4usize);
+    let x = randn(b * n * d, 2.0, 60);
+    let cos = randn(n * d, 1.0, 61);
+    let sin = randn(n * d, 1.0, 62);
+    let mut out = vec![0.0; x.len()];
+    cpu::rope_forward(&x, &cos, &sin, &mut out, hd);
+    assert!(max_rel(&out, &reference::rope(&x, &cos, &sin, hd), 1e-3) < 1e-5);
+    let device = Default::default();
+    let xt = Tensor::<Flex, 1>::from_floats(x.as_slice(), &device).reshape([b, n, d]);
+    let ct = Tensor::<Flex, 1>::from_floats(cos.as_slice(), &device).reshape([1, n * d]);
+    let st = Tensor::<Flex, 1>::from_floats(sin.as_slice(), &device).reshape([1, n * d]);
+    let got = blockdiff_kernels::rope_rotate(&xt, &ct, &st, hd).expect("Flex runs the kernel");
+    let halves = xt.clone().reshape([b, n * d / hd, hd]);
+    let (x1, x2) = (
+        halves.clone().narrow(2, 0, hd / 2),
+        halves.narrow(2, hd / 2, hd / 2),
+    );
+    let rotated = Tensor::cat(vec![x2.neg(), x1], 2).reshape([b, n * d]);
+    let want = (xt.reshape([b, n * d]) * ct + rotated * st).reshape([b, n, d]);
+    let (got, want) = (
+        got.into_data().to_vec::<f32>().unwrap(),
+        want.into_data().to_vec::<f32>().unwrap(),
+    );
+    assert!(max_rel(&got, &want, 1e-3) < 1e-5);
+}

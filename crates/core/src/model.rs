@@ -12,7 +12,7 @@ use burn::nn::{Embedding, EmbeddingConfig, Linear, LinearConfig, RmsNorm, RmsNor
 use burn::prelude::*;
 // Fused on the CPU backends (`blockdiff-kernels`: one pass, vectorised exp), burn's own ops
 // elsewhere: SiLU and the attention softmax were 11–14% of a training step in scalar `expf`.
-use blockdiff_kernels::{merge_heads, silu, softmax, split_heads};
+use blockdiff_kernels::{cached_attention, merge_heads, rope_rotate, silu, softmax, split_heads};
 
 use crate::cache::{KvCache, LayerKv};
 
@@ -312,17 +312,20 @@ impl<B: Backend> Rope<B> {
         let d = n_heads * head_dim;
         let mut cos = Vec::with_capacity(n * d);
         let mut sin = Vec::with_capacity(n * d);
+        let inv: Vec<f64> = (0..half)
+            .map(|i| theta.powf(-(2.0 * i as f64) / head_dim as f64))
+            .collect();
+        let (mut c, mut s) = (vec![0f32; half], vec![0f32; half]);
         for &p in positions {
-            let angles: Vec<f64> = (0..half)
-                .map(|i| {
-                    // Computed in f64 so any port (the PyTorch twin) matches up to f32 rounding.
-                    let inv = theta.powf(-(2.0 * i as f64) / head_dim as f64);
-                    p as f64 * inv
-                })
-                .collect();
+            // Computed in f64 so any port (the PyTorch twin) matches up to f32 rounding; once
+            // per position, then repeated for both halves of every head.
+            for ((c, s), inv) in c.iter_mut().zip(&mut s).zip(&inv) {
+                let a = p as f64 * inv;
+                (*c, *s) = (a.cos() as f32, a.sin() as f32);
+            }
             for _ in 0..2 * n_heads {
-                cos.extend(angles.iter().map(|a| a.cos() as f32));
-                sin.extend(angles.iter().map(|a| a.sin() as f32));
+                cos.extend_from_slice(&c);
+                sin.extend_from_slice(&s);
             }
         }
         let mut rotate = vec![0.0f32; head_dim * head_dim];
@@ -352,6 +355,10 @@ impl<B: Backend> Rope<B> {
     /// `x` holds the rows `first..first + n` of the positions the tables were built for.
     fn apply(&self, x: Tensor<B, 3>, first: usize) -> Tensor<B, 3> {
         let [b, n, d] = x.dims();
+        let table = |t: &Tensor<B, 2>| t.clone().narrow(1, first * d, n * d);
+        if let Some(y) = rope_rotate(&x, &table(&self.cos), &table(&self.sin), self.head_dim) {
+            return y;
+        }
         // Batched 3-D (one matrix per sample): flex runs a large 2-D matmul through gemm's
         // own threading, ~3× slower here than splitting the batch across threads.
         let rotated = x
@@ -359,7 +366,6 @@ impl<B: Backend> Rope<B> {
             .reshape([b, n * d / self.head_dim, self.head_dim])
             .matmul(self.rotate.clone().unsqueeze::<3>())
             .reshape([b, n * d]);
-        let table = |t: &Tensor<B, 2>| t.clone().narrow(1, first * d, n * d);
         let out = x.reshape([b, n * d]) * table(&self.cos) + rotated * table(&self.sin);
         out.reshape([b, n, d])
     }
@@ -513,13 +519,22 @@ impl<B: Backend> TransformerBlock<B> {
             t.reshape([batch, m, n_heads, dh])
         };
         let head_major = |t: Tensor<B, 4>| t.swap_dims(1, 2);
-        let q = split_heads(rope.apply(self.wq.forward(h_q), first), n_heads);
+        let q = rope.apply(self.wq.forward(h_q), first);
         let k = rope.apply(self.wk.forward(h.clone()), 0);
         let v = self.wv.forward(h);
         let own = LayerKv {
             k: heads(k.clone()),
             v: heads(v.clone()),
         };
+        // A sampling call over a cache: one fused pass on the CPU (no cache concatenation).
+        if let (LayerFlash::Off, Some(p)) = (&flash, past) {
+            let runs = [(&p.k, &p.v), (&own.k, &own.v)];
+            if let Some(a) = cached_attention(&q, n_heads, &runs, bias.as_ref()) {
+                let x = x + self.wo.forward(a);
+                return (self.mlp(x), own);
+            }
+        }
+        let q = split_heads(q, n_heads);
         let a = match flash {
             LayerFlash::Reuse(ext) => merge_attention(
                 ext,
@@ -545,11 +560,16 @@ impl<B: Backend> TransformerBlock<B> {
         };
         let a = merge_heads(a);
         let x = x + self.wo.forward(a);
+        (self.mlp(x), own)
+    }
+
+    /// The residual SwiGLU half of the block.
+    fn mlp(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
         let h = self.mlp_norm.forward(x.clone());
         let m = self
             .w_down
             .forward(silu(self.w_gate.forward(h.clone())) * self.w_up.forward(h));
-        (x + m, own)
+        x + m
     }
 }
 
@@ -742,6 +762,71 @@ impl<B: Backend> BlockDiffusionModel<B> {
         let req = input.request_features.clone();
         let (h, kvs, _) = self.hidden_with(input, cache, None, Some((from, len)));
         (self.logits(h, req), kvs)
+    }
+
+    /// A sampling call's logits for chosen token rows, each over one vocabulary span only.
+    ///
+    /// Like [`Self::forward_range`] over token positions `from..from + len`, but the output
+    /// head is applied only to `rows` (indices into those `len` positions) and, for row
+    /// `rows[i]`, only to the ids `spans[i]`; everything else is `-∞`. Returns the logits
+    /// flattened as `[len, vocab]` (batch 1). A sampler needs logits only where a position
+    /// is still masked and only for the ids its constraint allows: an audio frame slot admits
+    /// 64 or 1,024 of 4,164 ids, so the head, the largest matmul of a music stream's call,
+    /// shrinks about fourfold. Models with a feature or request head use the full head.
+    pub fn forward_spans(
+        &self,
+        input: ForwardInput<B>,
+        cache: Option<&KvCache<B>>,
+        (from, len): (usize, usize),
+        rows: &[usize],
+        spans: &[std::ops::Range<usize>],
+    ) -> (Vec<f32>, Vec<LayerKv<B>>) {
+        let device = input.tokens.device();
+        let req = input.request_features.clone();
+        let (h, kvs, _) = self.hidden_with(input, cache, None, Some((from, len)));
+        let vocab = self.head.weight.dims()[1];
+        let mut out = vec![f32::NEG_INFINITY; len * vocab];
+        let to_vec = |t: Tensor<B, 2>| crate::sample::to_vec(t.unsqueeze::<3>());
+        if self.feature_head.is_some() || self.request_head.is_some() {
+            let full = to_vec(self.logits(h, req).reshape([len, vocab]));
+            for &r in rows {
+                out[r * vocab..(r + 1) * vocab].copy_from_slice(&full[r * vocab..(r + 1) * vocab]);
+            }
+            return (out, kvs);
+        }
+        let d = h.dims()[2];
+        let h = self.norm.forward(h).reshape([len, d]);
+        // Rows sharing a span share one matmul.
+        let mut groups: Vec<(std::ops::Range<usize>, Vec<usize>)> = Vec::new();
+        for (&r, span) in rows.iter().zip(spans) {
+            match groups.iter_mut().find(|g| g.0 == *span) {
+                Some(g) => g.1.push(r),
+                None => groups.push((span.clone(), vec![r])),
+            }
+        }
+        let weight = self.head.weight.val();
+        let bias = self.head.bias.as_ref().map(|b| b.val());
+        for (span, rs) in groups {
+            let width = span.len();
+            if width == 0 {
+                continue;
+            }
+            let idx: Vec<i64> = rs.iter().map(|&r| r as i64).collect();
+            let idx = Tensor::<B, 1, Int>::from_data(TensorData::new(idx, [rs.len()]), &device);
+            let mut l = h
+                .clone()
+                .select(0, idx)
+                .matmul(weight.clone().narrow(1, span.start, width));
+            if let Some(b) = &bias {
+                l = l + b.clone().narrow(0, span.start, width).unsqueeze_dim(0);
+            }
+            let v = to_vec(l);
+            for (i, &r) in rs.iter().enumerate() {
+                out[r * vocab + span.start..r * vocab + span.end]
+                    .copy_from_slice(&v[i * width..(i + 1) * width]);
+            }
+        }
+        (out, kvs)
     }
 
     /// [`Self::forward_range`] with FlashBlock reuse for a sampling call whose last `len` token

@@ -1483,13 +1483,22 @@ fn pick(
     probs: &mut [f32],
     rng: &mut StdRng,
 ) -> (u32, f32) {
-    fill_probs(row, allowed, cfg, probs);
-    if cfg.temperature == 0.0 {
-        let t = argmax(probs);
-        return (t, probs[t as usize]);
-    }
-    let t = draw(probs, rng);
-    (t, probs[t as usize])
+    // Only the span of allowed ids is scored: a constraint that admits one codebook of a
+    // wide vocabulary (an audio frame slot: 1,024 of 4,164 ids) then costs its own width.
+    // Outside the span every probability would be 0, so the draw is the same.
+    let first = allowed.iter().position(|&a| a).unwrap_or(0);
+    let end = allowed
+        .iter()
+        .rposition(|&a| a)
+        .map_or(allowed.len(), |l| l + 1);
+    let probs = &mut probs[first..end];
+    fill_probs(&row[first..end], &allowed[first..end], cfg, probs);
+    let t = if cfg.temperature == 0.0 {
+        argmax(probs)
+    } else {
+        draw(probs, rng)
+    };
+    (first as u32 + t, probs[t as usize])
 }
 
 /// The distribution a token is drawn from: softmax of `row` over `allowed` at the sampler's
@@ -1497,47 +1506,94 @@ fn pick(
 /// (not for greedy). Non-finite logits fall back to uniform over the allowed set.
 pub(crate) fn fill_probs(row: &[f32], allowed: &[bool], cfg: &SamplerConfig, probs: &mut [f32]) {
     let greedy = cfg.temperature == 0.0;
-    let temp = if greedy { 1.0 } else { cfg.temperature };
+    let inv_temp = if greedy { 1.0 } else { 1.0 / cfg.temperature };
     let mut max = f32::NEG_INFINITY;
     for (l, &a) in row.iter().zip(allowed) {
         if a && *l > max {
             max = *l;
         }
     }
+    // Branch-free so it vectorises (`blockdiff_kernels::cpu::exp`: ≤ 2 ulp); a sampling
+    // step runs it over every masked position's allowed ids.
     let mut sum = 0f32;
-    for ((p, l), &a) in probs.iter_mut().zip(row).zip(allowed) {
-        *p = if a && l.is_finite() {
-            ((l - max) / temp).exp()
-        } else {
-            0.0
-        };
+    for ((p, &l), &a) in probs.iter_mut().zip(row).zip(allowed) {
+        let e = blockdiff_kernels::cpu::exp((l - max) * inv_temp);
+        *p = if a && l.is_finite() { e } else { 0.0 };
         sum += *p;
     }
-    if !(sum > 0.0) {
+    if !(sum > 0.0) || !sum.is_finite() {
         for (p, &a) in probs.iter_mut().zip(allowed) {
             *p = if a { 1.0 } else { 0.0 };
         }
         sum = probs.iter().sum();
     }
-    probs.iter_mut().for_each(|p| *p /= sum);
+    let inv = 1.0 / sum;
+    probs.iter_mut().for_each(|p| *p *= inv);
     if !greedy && cfg.top_p < 1.0 {
-        let mut idx: Vec<usize> = (0..probs.len()).filter(|&t| probs[t] > 0.0).collect();
-        idx.sort_by(|&a, &b| probs[b].total_cmp(&probs[a]));
-        let mut cum = 0f32;
-        let mut keep = idx.len();
-        for (k, &t) in idx.iter().enumerate() {
-            cum += probs[t];
-            if cum >= cfg.top_p {
-                keep = k + 1;
-                break;
+        if let Some((bucket, last)) = nucleus_edge(probs, cfg.top_p) {
+            for (t, p) in probs.iter_mut().enumerate() {
+                let b = exponent(*p);
+                if b < bucket || (b == bucket && rank_key(*p, t) > last) {
+                    *p = 0.0;
+                }
             }
         }
-        for &t in &idx[keep..] {
-            probs[t] = 0.0;
-        }
         let s: f32 = probs.iter().sum();
-        probs.iter_mut().for_each(|p| *p /= s);
+        let inv = 1.0 / s;
+        probs.iter_mut().for_each(|p| *p *= inv);
     }
+}
+
+/// The biased binary exponent of a non-negative `f32` (0 for zero): probabilities in one
+/// exponent bucket are within a factor of 2 of each other.
+fn exponent(p: f32) -> usize {
+    (p.to_bits() >> 23) as usize & 0xff
+}
+
+/// Sort key of a positive probability `p` at id `t`: descending probability, ties by id.
+/// (A positive `f32`'s bits order like its value.)
+fn rank_key(p: f32, t: usize) -> u64 {
+    (u64::from(!p.to_bits()) << 32) | t as u64
+}
+
+/// The nucleus of a normalised distribution: the fewest most probable ids (ties by id) whose
+/// mass reaches `top_p`. Returned as its edge: every id in a higher exponent bucket is in,
+/// every id in a lower one out, and in the edge bucket the ids up to the key `last`; `None`
+/// when rounding keeps the total under `top_p` (keep everything).
+///
+/// In linear time, where sorting every allowed id was a tenth of a music stream's time: one
+/// pass sums the mass per exponent bucket, the buckets are walked from the top, and only the
+/// bucket where the mass crosses `top_p` is sorted (its ids are within a factor of 2 of each
+/// other, so it is small). Mass is summed by bucket, not id by id in rank order, so where a
+/// sum lands within rounding of `top_p` the edge can differ by one id from a full sort's.
+fn nucleus_edge(probs: &[f32], top_p: f32) -> Option<(usize, u64)> {
+    let mut mass = [0f32; 256];
+    for &p in probs {
+        mass[exponent(p)] += p;
+    }
+    let mut cum = 0f32;
+    // Bucket 0 holds zeros and subnormals: never worth keeping apart.
+    let bucket = (1..256).rev().find(|&b| {
+        if cum + mass[b] >= top_p {
+            return true;
+        }
+        cum += mass[b];
+        false
+    })?;
+    let mut keys: Vec<u64> = probs
+        .iter()
+        .enumerate()
+        .filter(|&(_, &p)| exponent(p) == bucket)
+        .map(|(t, &p)| rank_key(p, t))
+        .collect();
+    keys.sort_unstable();
+    for &k in &keys {
+        cum += f32::from_bits(!((k >> 32) as u32));
+        if cum >= top_p {
+            return Some((bucket, k));
+        }
+    }
+    keys.last().map(|&k| (bucket, k))
 }
 
 /// Index of the largest probability.

@@ -17,7 +17,9 @@ use crate::constraint::Constraint;
 use crate::error::SampleError;
 use crate::mask;
 use crate::model::{BlockDiffusionConfig, BlockDiffusionModel, ForwardInput};
-use crate::sample::{commit_step, int_tensor, to_vec, SamplerConfig, StepScratch};
+use crate::sample::{
+    allowed_at, commit_step, int_tensor, masked_in_block, SamplerConfig, StepScratch,
+};
 use crate::tokenizer::MASK;
 
 /// Counters of a stream so far.
@@ -196,12 +198,30 @@ impl<'a, B: Backend> BlockStream<'a, B> {
                     )
                 }),
             };
-            let (logits, kvs) = self.model.forward_range(input, Some(&self.cache), clean, b);
+            // Logits only where the block is still masked, over the ids the constraint allows
+            // there (the same sets `commit_step` computes from the same tokens): the rest of
+            // the head is never read.
+            let rows = masked_in_block(&self.seq, seq_off, b);
+            let mut spans = Vec::with_capacity(rows.len());
+            for &p in &rows {
+                allowed_at(
+                    &self.seq,
+                    seq_off + p,
+                    self.constraint,
+                    &mut self.allowed,
+                    0,
+                )?;
+                let first = self.allowed.iter().position(|&a| a).unwrap_or(0);
+                let last = self.allowed.iter().rposition(|&a| a).unwrap_or(0);
+                spans.push(first..last + 1);
+            }
+            let (logits, kvs) =
+                self.model
+                    .forward_spans(input, Some(&self.cache), (clean, b), &rows, &spans);
             if clean > 0 {
                 self.cache.append(&kvs, 0, clean);
             }
             self.stats.nfe += 1;
-            let logits = to_vec(logits);
             let vocab = self.vocab;
             let row = |p: usize| logits[p * vocab..(p + 1) * vocab].to_vec();
             let committed = commit_step(
@@ -235,7 +255,7 @@ impl<'a, B: Backend> BlockStream<'a, B> {
 mod tests {
     use super::*;
     use crate::constraint::Unconstrained;
-    use crate::sample::CommitPolicy;
+    use crate::sample::{to_vec, CommitPolicy};
     use crate::CpuBackend;
 
     fn tiny() -> (BlockDiffusionConfig, BlockDiffusionModel<CpuBackend>) {
@@ -247,6 +267,50 @@ mod tests {
         let device = Default::default();
         let model = cfg.init::<CpuBackend>(&device);
         (cfg, model)
+    }
+
+    /// The span-restricted head computes exactly the full head's logits on each row's span
+    /// and nothing elsewhere; rows not asked for stay `-∞`.
+    #[test]
+    fn span_logits_equal_the_full_head_on_the_span() {
+        let (_, model) = tiny();
+        let device = Default::default();
+        let toks: Vec<u32> = vec![5, 9, 3, 7, MASK, 11, MASK, MASK];
+        let input = || ForwardInput {
+            tokens: int_tensor::<CpuBackend>(&toks, 1, 8, &device),
+            positions: (0..8).collect(),
+            cond: None,
+            cond_drop: None,
+            request_features: None,
+            mask: None,
+        };
+        let (full, kv_full) = model.forward_range(input(), None, 4, 4);
+        let full = to_vec(full);
+        let rows = [0usize, 2, 3];
+        let spans = [2..10, 10..24, 2..10];
+        let (part, kv_part) = model.forward_spans(input(), None, (4, 4), &rows, &spans);
+        let vocab = 24;
+        assert_eq!(part.len(), 4 * vocab);
+        for r in 0..4 {
+            for t in 0..vocab {
+                let got = part[r * vocab + t];
+                match rows.iter().position(|&x| x == r) {
+                    Some(i) if spans[i].contains(&t) => {
+                        let want = full[r * vocab + t];
+                        assert!(
+                            (got - want).abs() <= 1e-5,
+                            "row {r} id {t}: {got} vs {want}"
+                        );
+                    }
+                    _ => assert_eq!(got, f32::NEG_INFINITY, "row {r} id {t}"),
+                }
+            }
+        }
+        // Same K/V: the cache a stream keeps does not depend on which head ran.
+        for (a, b) in kv_full.iter().zip(&kv_part) {
+            let (ka, kb) = (a.k.clone().into_data(), b.k.clone().into_data());
+            assert_eq!(ka, kb);
+        }
     }
 
     /// What the sliding cache computes, written as one full-sequence mask: a clean block's K/V
