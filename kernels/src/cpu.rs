@@ -1,4 +1,5 @@
-//! Slice kernels: SiLU and row softmax, forward and backward, each with a plain reference.
+//! Slice kernels: SiLU and row softmax (forward and backward), attention over KV-cache runs and
+//! rotary embedding (inference), each with a plain reference.
 //!
 //! Every kernel is written as straight-line loops over lanes so LLVM vectorises it; the entry
 //! points pick an AVX2 + FMA build at run time on x86-64 and split large inputs across rayon's

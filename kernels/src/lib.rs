@@ -14,6 +14,11 @@
 //! - on any other backend (CUDA) the call falls through to burn's own composed ops, so callers
 //!   write one generic line.
 //!
+//! Sampling calls have two more, profiled on a music stream (the model call's largest parts):
+//! attention over the KV cache read in place (`cached_attention`: scores and values by strided
+//! gemm per head, no concatenated copy of the cache) and one-pass RoPE (`rope_rotate`). Both run
+//! on `Flex` only and return `None` elsewhere, where the model composes burn's ops.
+//!
 //! `BLOCKDIFF_KERNELS=0` turns them off (burn's ops everywhere), for A/B timing.
 //!
 //! CubeCL: the issue asks for kernels in CubeCL. CubeCL 0.10's CPU runtime (`cubecl-cpu`)
