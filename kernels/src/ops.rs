@@ -290,8 +290,8 @@ fn flex_f32<B: Backend, const D: usize>(t: &Tensor<B, D>) -> Option<FlexTensor> 
 /// with an optional additive `bias` `[1, nq·nk]` (`0` / `−∞`); returns the heads merged,
 /// `[b, nq, h·dh]`.
 ///
-/// On `Flex` this is [`cpu::attention_forward`]: one pass per query row, without the copy
-/// of the cache that concatenating it would make. `None` on other backends (CUDA, and
+/// On `Flex` this is [`cpu::attention_forward`]: the runs are read in place, without the
+/// copy of the cache that concatenating it would make. `None` on other backends (CUDA, and
 /// `Autodiff<Flex>`: training never attends to a cache) and with kernels off; the caller then
 /// composes burn's ops.
 pub fn cached_attention<B: Backend>(

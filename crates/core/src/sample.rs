@@ -1486,19 +1486,28 @@ fn pick(
     // Only the span of allowed ids is scored: a constraint that admits one codebook of a
     // wide vocabulary (an audio frame slot: 1,024 of 4,164 ids) then costs its own width.
     // Outside the span every probability would be 0, so the draw is the same.
-    let first = allowed.iter().position(|&a| a).unwrap_or(0);
-    let end = allowed
-        .iter()
-        .rposition(|&a| a)
-        .map_or(allowed.len(), |l| l + 1);
-    let probs = &mut probs[first..end];
-    fill_probs(&row[first..end], &allowed[first..end], cfg, probs);
+    let span = allowed_span(allowed);
+    let first = span.start;
+    let probs = &mut probs[span.clone()];
+    fill_probs(&row[span.clone()], &allowed[span], cfg, probs);
     let t = if cfg.temperature == 0.0 {
         argmax(probs)
     } else {
         draw(probs, rng)
     };
     (first as u32 + t, probs[t as usize])
+}
+
+/// The ids from the first allowed one to the last (everything when none is allowed): all a
+/// sampler needs to score, and all of the output head a sampling call needs to compute.
+pub(crate) fn allowed_span(allowed: &[bool]) -> std::ops::Range<usize> {
+    match (
+        allowed.iter().position(|&a| a),
+        allowed.iter().rposition(|&a| a),
+    ) {
+        (Some(first), Some(last)) => first..last + 1,
+        _ => 0..allowed.len(),
+    }
 }
 
 /// The distribution a token is drawn from: softmax of `row` over `allowed` at the sampler's
@@ -1521,7 +1530,7 @@ pub(crate) fn fill_probs(row: &[f32], allowed: &[bool], cfg: &SamplerConfig, pro
         *p = if a && l.is_finite() { e } else { 0.0 };
         sum += *p;
     }
-    if !(sum > 0.0) || !sum.is_finite() {
+    if !(sum > 0.0) {
         for (p, &a) in probs.iter_mut().zip(allowed) {
             *p = if a { 1.0 } else { 0.0 };
         }

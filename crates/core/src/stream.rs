@@ -18,7 +18,7 @@ use crate::error::SampleError;
 use crate::mask;
 use crate::model::{BlockDiffusionConfig, BlockDiffusionModel, ForwardInput};
 use crate::sample::{
-    allowed_at, commit_step, int_tensor, masked_in_block, SamplerConfig, StepScratch,
+    allowed_at, allowed_span, commit_step, int_tensor, masked_in_block, SamplerConfig, StepScratch,
 };
 use crate::tokenizer::MASK;
 
@@ -211,9 +211,7 @@ impl<'a, B: Backend> BlockStream<'a, B> {
                     &mut self.allowed,
                     0,
                 )?;
-                let first = self.allowed.iter().position(|&a| a).unwrap_or(0);
-                let last = self.allowed.iter().rposition(|&a| a).unwrap_or(0);
-                spans.push(first..last + 1);
+                spans.push(allowed_span(&self.allowed));
             }
             let (logits, kvs) =
                 self.model
