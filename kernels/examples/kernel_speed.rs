@@ -68,7 +68,79 @@ fn cached_attention() {
     }
 }
 
+/// A music stream call's projections (25 rows of width 128): Q, K and V as three matmuls
+/// against one of the concatenated weight, and SwiGLU's gate and up likewise.
+fn fused_linears() {
+    use burn::backend::Flex;
+    use burn::prelude::*;
+    let d = Default::default();
+    let w = |i: usize, o: usize, seed: usize| {
+        let v: Vec<f32> = (0..i * o)
+            .map(|j| (((j + seed) * 7919) % 1000) as f32 / 5000.0 - 0.1)
+            .collect();
+        Tensor::<Flex, 1>::from_floats(v.as_slice(), &d).reshape([i, o])
+    };
+    let x = w(25, 128, 9).reshape([1, 25, 128]);
+    for (name, parts, width) in [("q, k, v", 3usize, 128usize), ("gate, up", 2, 344)] {
+        let ws: Vec<_> = (0..parts).map(|p| w(128, width, p)).collect();
+        let fused = Tensor::cat(ws.clone(), 1);
+        for round in 0..2 {
+            time_n(
+                &format!("{name}: {parts} matmuls (round {round})"),
+                2000,
+                || {
+                    for w in &ws {
+                        let _ = x.clone().matmul(w.clone().unsqueeze::<3>());
+                    }
+                },
+            );
+            time_n(
+                &format!("{name}: one fused + split (round {round})"),
+                2000,
+                || {
+                    let y = x.clone().matmul(fused.clone().unsqueeze::<3>());
+                    let _ = y.split(width, 2);
+                },
+            );
+        }
+    }
+}
+
+/// The sampler's softmax numerator over one audio codebook (1,024 ids), the kernel against
+/// the scalar [`cpu::exp`] in a plain loop (no FMA build: each `mul_add` is a libm call).
+fn masked_exp() {
+    let x: Vec<f32> = (0..1024)
+        .map(|i| ((i * 7919) % 1000) as f32 / 100.0 - 5.0)
+        .collect();
+    let keep = vec![true; 1024];
+    let mut out = vec![0f32; 1024];
+    for round in 0..2 {
+        time_n(
+            &format!("masked exp 1024, kernel (round {round})"),
+            20000,
+            || {
+                std::hint::black_box(cpu::masked_exp(&x, &keep, 1.0, &mut out));
+            },
+        );
+        time_n(
+            &format!("masked exp 1024, scalar loop (round {round})"),
+            20000,
+            || {
+                let m = x.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+                let mut s = 0.0;
+                for (o, &v) in out.iter_mut().zip(&x) {
+                    *o = cpu::exp(v - m);
+                    s += *o;
+                }
+                std::hint::black_box(s);
+            },
+        );
+    }
+}
+
 fn main() {
+    fused_linears();
+    masked_exp();
     let n = 32 * 4 * 128 * 128;
     let x: Vec<f32> = (0..n)
         .map(|i| ((i * 7919) % 1000) as f32 / 100.0 - 5.0)

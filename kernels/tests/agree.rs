@@ -50,6 +50,51 @@ fn exp_is_within_two_ulp_and_handles_the_edges() {
 }
 
 #[test]
+fn masked_exp_matches_the_reference_with_masks_and_non_finite_entries() {
+    let mut rng = StdRng::seed_from_u64(7);
+    for (n, scale) in [
+        (1usize, 1.0f32),
+        (15, 1.0),
+        (16, 0.5),
+        (1031, 1.0 / 0.7),
+        (4164, 2.0),
+    ] {
+        let mut x = randn(n, 20.0, n as u64);
+        let keep: Vec<bool> = (0..n).map(|_| rng.random::<f32>() < 0.7).collect();
+        for i in (0..n).step_by(97) {
+            x[i] = [f32::NEG_INFINITY, f32::NAN, -1e30][i % 3];
+        }
+        let mut out = vec![f32::NAN; n];
+        let sum = cpu::masked_exp(&x, &keep, scale, &mut out);
+        let (want, want_sum) = reference::masked_exp(&x, &keep, scale);
+        // The f32 argument `(x − m)·scale` (up to ~80) carries ~1e-5 relative rounding.
+        assert!(max_rel(&out, &want, 1e-30) < 2e-5, "n {n}");
+        assert!(
+            ((sum as f64 - want_sum) / want_sum.max(1e-30)).abs() < 1e-5,
+            "n {n}"
+        );
+        for (i, &o) in out.iter().enumerate() {
+            if !keep[i] || !x[i].is_finite() {
+                assert_eq!(o, 0.0, "n {n} id {i}");
+            }
+        }
+    }
+    // Nothing kept, or only −∞ kept: all zero, sum 0 (the sampler then falls back to uniform).
+    let mut out = vec![1.0; 3];
+    assert_eq!(
+        cpu::masked_exp(&[1.0, 2.0, 3.0], &[false; 3], 1.0, &mut out),
+        0.0
+    );
+    assert_eq!(out, [0.0; 3]);
+    let x = [f32::NEG_INFINITY, 2.0, f32::NEG_INFINITY];
+    assert_eq!(
+        cpu::masked_exp(&x, &[true, false, true], 1.0, &mut out),
+        0.0
+    );
+    assert_eq!(out, [0.0; 3]);
+}
+
+#[test]
 fn silu_kernels_match_the_reference_small_and_parallel() {
     for (n, seed) in [(37usize, 1u64), (200_003, 2)] {
         let x = randn(n, 12.0, seed);

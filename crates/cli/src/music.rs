@@ -173,6 +173,9 @@ pub enum MusicCommand {
         /// Most audio made ahead of the playhead (s).
         #[arg(long, default_value_t = 1.0)]
         max_buffer: f64,
+        /// Buffered audio (s) at which the sleeping generator refills to `--max-buffer`.
+        #[arg(long, default_value_t = 0.25)]
+        refill_below: f64,
     },
     /// WAV → tokens → WAV through a checkpoint's codec; prints SI-SDR against 8-bit μ-law.
     Codec {
@@ -432,10 +435,12 @@ pub fn run(cmd: MusicCommand) -> Result<()> {
             gen,
             prebuffer_blocks,
             max_buffer,
+            refill_below,
         } => {
             let opts = StreamOptions {
                 prebuffer_blocks,
                 max_buffer_s: max_buffer,
+                refill_below_s: refill_below,
                 ..stream_opts(&gen, true)
             };
             let r = generate(&gen, opts)?;

@@ -1516,20 +1516,7 @@ pub(crate) fn allowed_span(allowed: &[bool]) -> std::ops::Range<usize> {
 pub(crate) fn fill_probs(row: &[f32], allowed: &[bool], cfg: &SamplerConfig, probs: &mut [f32]) {
     let greedy = cfg.temperature == 0.0;
     let inv_temp = if greedy { 1.0 } else { 1.0 / cfg.temperature };
-    let mut max = f32::NEG_INFINITY;
-    for (l, &a) in row.iter().zip(allowed) {
-        if a && *l > max {
-            max = *l;
-        }
-    }
-    // Branch-free so it vectorises (`blockdiff_kernels::cpu::exp`: ≤ 2 ulp); a sampling
-    // step runs it over every masked position's allowed ids.
-    let mut sum = 0f32;
-    for ((p, &l), &a) in probs.iter_mut().zip(row).zip(allowed) {
-        let e = blockdiff_kernels::cpu::exp((l - max) * inv_temp);
-        *p = if a && l.is_finite() { e } else { 0.0 };
-        sum += *p;
-    }
+    let mut sum = blockdiff_kernels::cpu::masked_exp(row, allowed, inv_temp, probs);
     if !(sum > 0.0) {
         for (p, &a) in probs.iter_mut().zip(allowed) {
             *p = if a { 1.0 } else { 0.0 };

@@ -176,6 +176,27 @@ fn long_stream_is_valid_and_exactly_as_long_as_asked() {
     assert!(r.prompt_s > 0.49);
     assert_eq!(n, 13 * 2 * 480);
     assert!(r.realtime && r.wall_s > 0.0);
+
+    // The clock holds the generator back: never more than `max_buffer_s` ahead of the
+    // playhead, so the last block cannot start before ~(length − buffer) of playback; it
+    // sleeps down to `refill_below_s` and refills in bursts. (Underruns depend on the
+    // machine's load, so they are not asserted here.)
+    let opts = StreamOptions {
+        seconds: 1.5,
+        realtime: true,
+        max_buffer_s: 0.5,
+        refill_below_s: 0.1,
+        ..StreamOptions::default()
+    };
+    let r = run_stream(&m, None, &opts, |_| Ok(())).unwrap();
+    assert_eq!(r.blocks, 38);
+    assert!(r.wall_s >= 37.0 * 0.04 - 0.5, "wall {} s", r.wall_s);
+    let bad = StreamOptions {
+        refill_below_s: 0.6,
+        ..opts
+    };
+    let e = run_stream(&m, None, &bad, |_| Ok(())).unwrap_err();
+    assert!(e.to_string().contains("refill_below_s"), "{e}");
 }
 
 #[test]
