@@ -17,7 +17,10 @@
 //! Sampling calls have two more, profiled on a music stream (the model call's largest parts):
 //! attention over the KV cache read in place (`cached_attention`: scores and values by strided
 //! gemm per head, no concatenated copy of the cache) and one-pass RoPE (`rope_rotate`). Both run
-//! on `Flex` only and return `None` elsewhere, where the model composes burn's ops.
+//! on `Flex` only and return `None` elsewhere, where the model composes burn's ops. The
+//! sampler's softmax numerator over the allowed ids (`cpu::masked_exp`) is a slice kernel for
+//! the same reason as the rest: built for AVX2 + FMA, not the baseline, where `exp`'s `mul_add`
+//! is a libm call.
 //!
 //! `BLOCKDIFF_KERNELS=0` turns them off (burn's ops everywhere), for A/B timing.
 //!
