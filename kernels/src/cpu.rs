@@ -138,12 +138,11 @@ fn masked_exp_body(x: &[f32], keep: &[bool], scale: f32, out: &mut [f32]) -> f32
             acc[i] = if k[i] && c[i] > acc[i] { c[i] } else { acc[i] };
         }
     }
-    let mut m = f32::NEG_INFINITY;
-    for (&v, &k) in acc
+    // The lanes hold kept values only; the tail is filtered here.
+    let mut m = acc
         .iter()
-        .zip([true; LANES].iter())
-        .chain(x[n..].iter().zip(&keep[n..]))
-    {
+        .fold(f32::NEG_INFINITY, |m, &v| if v > m { v } else { m });
+    for (&v, &k) in x[n..].iter().zip(&keep[n..]) {
         m = if k && v > m { v } else { m };
     }
     let mut acc = [0f32; LANES];
