@@ -11,7 +11,10 @@ it
 2. times one BD3-LM training step and one full block-diffusion sample (KV cache of finished
    blocks, fixed top-k commits per call: the same model calls as blockdiff's sampler).
 
-Usage: twin.py --case DIR --out RESULT.json [--check-only]
+Usage: twin.py --case DIR --out RESULT.json [--check-only] [--device cuda]
+
+With `--device cuda` every tensor is made on the GPU (torch's default device) and the clocks
+are read after `torch.cuda.synchronize()`, so they see finished work.
 """
 
 import argparse
@@ -158,6 +161,11 @@ def check(model, case):
     return out
 
 
+def sync():
+    if torch.cuda.is_available() and torch.get_default_device().type == "cuda":
+        torch.cuda.synchronize()
+
+
 def time_training(cfg, spec):
     torch.manual_seed(spec["seed"])
     model = BlockDiffusion(cfg)
@@ -186,6 +194,7 @@ def time_training(cfg, spec):
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
+        sync()
         if step > 0:
             times.append(time.perf_counter() - t0)
     return statistics.median(times)
@@ -239,7 +248,9 @@ def main():
     ap.add_argument("--case", required=True)
     ap.add_argument("--out", required=True)
     ap.add_argument("--check-only", action="store_true")
+    ap.add_argument("--device", default="cpu", help="torch device for every tensor: cpu or cuda")
     args = ap.parse_args()
+    torch.set_default_device(torch.device(args.device))
     threads = os.cpu_count() or 1
     torch.set_num_threads(threads)
     case = json.load(open(os.path.join(args.case, "case.json")))
@@ -249,7 +260,7 @@ def main():
     model.load_blockdiff(os.path.join(args.case, "model.safetensors"))
     checks = check(model, case)
     result = {
-        "torch": torch.__version__,
+        "torch": torch.__version__ + ("" if args.device == "cpu" else f" on {args.device}"),
         "checks": checks,
         "max_abs_logit_diff": max(d for _, d in checks),
         "timings": None,
@@ -263,8 +274,10 @@ def main():
         for batch in spec["sample_batches"]:
             runs = []
             for rep in range(spec["repeats"] + 1):
+                sync()
                 t0 = time.perf_counter()
                 _, nfe = sample(tmodel, batch, spec["seq_len"], spec["block_size"], spec["tokens_per_step"])
+                sync()
                 if rep > 0:
                     runs.append(time.perf_counter() - t0)
             sample_s.append([batch, statistics.median(runs)])

@@ -32,6 +32,9 @@ pub struct TwinArgs {
     /// Backend our side runs on (`cuda` needs a build with `--features cuda` and a GPU).
     #[arg(long, value_enum, default_value_t = BenchDevice::Cpu)]
     pub device: BenchDevice,
+    /// Batch sizes of the timed samples, comma-separated (default: the size's own, 1,16).
+    #[arg(long, value_delimiter = ',')]
+    pub batches: Option<Vec<usize>>,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -42,26 +45,79 @@ pub enum BenchDevice {
     Cuda,
 }
 
+/// Why `--device cuda` cannot run in a build without the `cuda` feature.
+#[cfg(not(feature = "cuda"))]
+pub const NO_CUDA: &str =
+    "this binary was built without CUDA: cargo build --release -p blockdiff-cli --features cuda";
+
+impl BenchDevice {
+    /// torch's name for the same device (the twin runs there too).
+    pub fn torch_name(self) -> &'static str {
+        match self {
+            BenchDevice::Cpu => "cpu",
+            BenchDevice::Cuda => "cuda",
+        }
+    }
+}
+
+/// Fails with a clear message when `device` cannot run here (before any backend op panics).
+pub fn ensure_device(device: BenchDevice) -> Result<()> {
+    match device {
+        BenchDevice::Cpu => Ok(()),
+        #[cfg(feature = "cuda")]
+        BenchDevice::Cuda => {
+            blockdiff_core::cuda_available().map_err(|e| anyhow::anyhow!("--device cuda: {e}"))
+        }
+        #[cfg(not(feature = "cuda"))]
+        BenchDevice::Cuda => anyhow::bail!(NO_CUDA),
+    }
+}
+
+/// Off the CPU: our logits of the twin's case recomputed on `device` against our CPU logits.
+fn device_logit_diff(device: BenchDevice, dir: &Path) -> Result<Option<f64>> {
+    match device {
+        BenchDevice::Cpu => Ok(None),
+        #[cfg(feature = "cuda")]
+        BenchDevice::Cuda => {
+            let case: twin::TwinCase = checkpoint::read_json(&dir.join(twin::CASE_FILE))?;
+            let d = twin::backend_logit_diff::<blockdiff_core::CudaBackend>(
+                dir,
+                &case,
+                &Default::default(),
+            )?;
+            Ok(Some(d))
+        }
+        #[cfg(not(feature = "cuda"))]
+        BenchDevice::Cuda => anyhow::bail!(NO_CUDA),
+    }
+}
+
 /// Our side's timing function for `device`.
 fn timer(device: BenchDevice) -> Result<fn(&TwinSpec) -> twin::TwinTimings> {
     match device {
         BenchDevice::Cpu => Ok(twin::time_ours),
         #[cfg(feature = "cuda")]
-        BenchDevice::Cuda => Ok(|spec| {
-            twin::time_on::<blockdiff_core::CudaTrainBackend>(spec, &Default::default())
-        }),
+        BenchDevice::Cuda => {
+            Ok(|spec| twin::time_on::<blockdiff_core::CudaTrainBackend>(spec, &Default::default()))
+        }
         #[cfg(not(feature = "cuda"))]
-        BenchDevice::Cuda => anyhow::bail!(
-            "this binary was built without CUDA: cargo build --release -p blockdiff-cli --features cuda"
-        ),
+        BenchDevice::Cuda => anyhow::bail!(NO_CUDA),
     }
 }
 
 pub fn twin(args: TwinArgs) -> Result<TwinReport> {
-    let spec = match args.size {
+    let mut spec = match args.size {
         TaskSize::Small => TwinSpec::small(),
         TaskSize::Full => TwinSpec::full(),
     };
+    if let Some(b) = args.batches {
+        anyhow::ensure!(
+            !b.is_empty() && b.iter().all(|&x| x > 0),
+            "--batches: every batch size must be at least 1"
+        );
+        spec.sample_batches = b;
+    }
+    ensure_device(args.device)?;
     let python = args
         .python
         .or_else(twin::default_python)
@@ -74,7 +130,15 @@ pub fn twin(args: TwinArgs) -> Result<TwinReport> {
         spec.block_size,
         python.display()
     );
-    let report = twin::compare(&spec, &python, &args.script, &args.dir, timer(args.device)?)?;
+    let mut report = twin::compare(
+        &spec,
+        &python,
+        &args.script,
+        &args.dir,
+        args.device.torch_name(),
+        timer(args.device)?,
+    )?;
+    report.device_max_abs_logit_diff = device_logit_diff(args.device, &args.dir)?;
     println!("{}", twin::markdown_table(&report));
     println!(
         "torch {} ({} threads) vs blockdiff ({} threads): sampling {:.2}x at batch 1, training {:.2}x; max |Δ logit| {:.2e}",
@@ -239,7 +303,12 @@ pub fn all(args: AllArgs) -> Result<()> {
     });
     let mut core = None;
     out["core"] = with_peak(|| {
-        let r = crate::bench_core(Some(args.dir.join("core.json")), task, args.repeats)?;
+        let r = crate::bench_core(
+            Some(args.dir.join("core.json")),
+            task,
+            args.repeats,
+            BenchDevice::Cpu,
+        )?;
         let v = serde_json::to_value(&r)?;
         core = Some(r);
         Ok(v)
@@ -252,6 +321,7 @@ pub fn all(args: AllArgs) -> Result<()> {
         dir: args.dir.join("twin"),
         json: None,
         device: BenchDevice::Cpu,
+        batches: None,
     };
     out["twin"] = with_peak(|| {
         Ok(match twin(twin_args) {

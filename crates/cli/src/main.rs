@@ -90,6 +90,10 @@ enum BenchCommand {
         /// (small: blocks 1,4,8; full: 1,4,8,16).
         #[arg(long, value_delimiter = ',')]
         block_weights: Option<Vec<f64>>,
+        /// Backend the decoders run on: the model is trained on the CPU, then its weights are
+        /// moved there (`cuda` needs a build with `--features cuda` and a GPU).
+        #[arg(long, value_enum, default_value_t = bench::BenchDevice::Cpu)]
+        device: bench::BenchDevice,
     },
     /// Every decoding policy (threshold sweep, S2D2, DCD, ARPC, FlashBlock, uniform kernel)
     /// on the Markov task or the trajectory benchmark: NFE, wall-clock and quality;
@@ -251,6 +255,7 @@ fn run(command: Command) -> Result<()> {
                     steps,
                     loss,
                     block_weights,
+                    device,
                 },
         } => {
             let mut task = task.task();
@@ -270,7 +275,7 @@ fn run(command: Command) -> Result<()> {
                     task.block_sizes
                 )
             })?;
-            bench_core(json, task, repeats).map(|_| ())
+            bench_core(json, task, repeats, device).map(|_| ())
         }
     }
 }
@@ -280,11 +285,28 @@ fn bench_core(
     json: Option<PathBuf>,
     task: MarkovTask,
     repeats: usize,
+    device: bench::BenchDevice,
 ) -> Result<blockdiff_core::bench::CoreBenchReport> {
+    bench::ensure_device(device)?;
     eprintln!("training the Markov task model ({} steps)...", task.steps);
     let (model, fit) = fit_markov(&task, true);
     eprintln!("benchmarking decoders...");
-    let report = run_core_bench(&model, &task, fit, repeats.max(1));
+    let report = match device {
+        bench::BenchDevice::Cpu => run_core_bench(&model, &task, fit, repeats.max(1)),
+        #[cfg(feature = "cuda")]
+        bench::BenchDevice::Cuda => {
+            let gpu = Default::default();
+            let model = checkpoint::to_backend::<_, blockdiff_core::CudaBackend>(
+                &model,
+                &task.model_config(),
+                &gpu,
+            )?;
+            blockdiff_core::bench::run_core_bench_on(&model, &task, fit, repeats.max(1), &gpu)
+        }
+        #[cfg(not(feature = "cuda"))]
+        bench::BenchDevice::Cuda => anyhow::bail!(bench::NO_CUDA),
+    };
+    eprintln!("decoders ran on {}", report.backend);
     println!("{}", markdown_table(&report));
     println!(
         "true entropy {:.4} nats/token | held-out NELBO (block {}) {:.4} | held-out AR NLL {:.4}",

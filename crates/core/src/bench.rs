@@ -5,6 +5,7 @@
 use std::time::Instant;
 
 use burn::module::AutodiffModule;
+use burn::tensor::backend::Backend;
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
@@ -311,8 +312,7 @@ pub struct DecodeRun {
     pub tokens_per_s: f64,
 }
 
-/// Samples `batch` sequences `repeats` times and aggregates.
-#[allow(clippy::too_many_arguments)]
+/// Samples `batch` sequences `repeats` times and aggregates (CPU backend).
 pub fn measure_decoding(
     model: &BlockDiffusionModel<CpuBackend>,
     task: &MarkovTask,
@@ -321,7 +321,21 @@ pub fn measure_decoding(
     batch: usize,
     repeats: usize,
 ) -> DecodeRun {
-    let device = Default::default();
+    measure_decoding_on(model, task, name, cfg, batch, repeats, &Default::default())
+}
+
+/// [`measure_decoding`] on any backend. The sampler reads every call's logits back, so the
+/// clock sees finished device work.
+#[allow(clippy::too_many_arguments)]
+pub fn measure_decoding_on<B: Backend>(
+    model: &BlockDiffusionModel<B>,
+    task: &MarkovTask,
+    name: &str,
+    cfg: &SamplerConfig,
+    batch: usize,
+    repeats: usize,
+    device: &B::Device,
+) -> DecodeRun {
     let mcfg = task.model_config();
     let src = task.source();
     let tok = task.tokenizer();
@@ -338,7 +352,7 @@ pub fn measure_decoding(
         };
         let t = Instant::now();
         let out =
-            sample(model, &mcfg, &reqs, &Unconstrained, &c, &device).expect("valid sampler config");
+            sample(model, &mcfg, &reqs, &Unconstrained, &c, device).expect("valid sampler config");
         walls.push(t.elapsed().as_secs_f64());
         nfe_total += out.stats.nfe;
         tpf += out.stats.tokens_per_forward();
@@ -399,6 +413,9 @@ pub struct CoreBenchReport {
     pub quality_tolerance: f64,
     /// Block decoding with the KV cache vs recomputing the whole sequence, batch 1 (wall ratio).
     pub cache_speedup: f64,
+    /// The backend the decoders ran on (burn's name for it and its device).
+    #[serde(default)]
+    pub backend: String,
 }
 
 /// Candidate block-decoding policies the benchmark sweeps.
@@ -444,13 +461,33 @@ pub fn candidate_policies(block: usize) -> Vec<(String, SamplerConfig)> {
     v
 }
 
-/// Runs the benchmark on a trained model.
+/// Runs the benchmark on a trained model (CPU backend).
 pub fn run_core_bench(
     model: &BlockDiffusionModel<CpuBackend>,
     task: &MarkovTask,
     fit: MarkovFit,
     repeats: usize,
 ) -> CoreBenchReport {
+    run_core_bench_on(model, task, fit, repeats, &Default::default())
+}
+
+/// [`run_core_bench`] with the model on any backend (e.g. `CudaBackend`: the CPU-trained
+/// model moved there with [`crate::checkpoint::to_backend`]).
+pub fn run_core_bench_on<B: Backend>(
+    model: &BlockDiffusionModel<B>,
+    task: &MarkovTask,
+    fit: MarkovFit,
+    repeats: usize,
+    device: &B::Device,
+) -> CoreBenchReport {
+    let measure_decoding = |model: &BlockDiffusionModel<B>,
+                            task: &MarkovTask,
+                            name: &str,
+                            cfg: &SamplerConfig,
+                            batch: usize,
+                            repeats: usize| {
+        measure_decoding_on(model, task, name, cfg, batch, repeats, device)
+    };
     let h = fit.true_entropy;
     let len = task.seq_len;
     let mut runs = Vec::new();
@@ -517,6 +554,7 @@ pub fn run_core_bench(
         sample_nll_ar: ar1.sample_nll,
         quality_tolerance: tol,
         cache_speedup: nocache.wall_s / best.wall_s,
+        backend: B::name(device),
         fit,
         runs,
     }

@@ -225,6 +225,37 @@ pub fn load_weights<B: Backend>(
     Ok(model)
 }
 
+/// A freshly initialised model for `config`, with a token-feature slot of the right shape
+/// when the config has one (the table is part of the weights that are then loaded).
+fn empty_model<B: Backend>(
+    config: &BlockDiffusionConfig,
+    device: &B::Device,
+) -> BlockDiffusionModel<B> {
+    let model = config.init::<B>(device);
+    if config.token_feature_dim > 0 {
+        model.with_token_features(Tensor::zeros(
+            [config.vocab_size, config.token_feature_dim],
+            device,
+        ))
+    } else {
+        model
+    }
+}
+
+/// The same weights on another backend (e.g. a CPU-trained model onto `CudaBackend`), through
+/// the safetensors bytes a checkpoint holds, so what moves is exactly what [`save`] writes.
+pub fn to_backend<B1: Backend, B2: Backend>(
+    model: &BlockDiffusionModel<B1>,
+    config: &BlockDiffusionConfig,
+    device: &B2::Device,
+) -> Result<BlockDiffusionModel<B2>, CheckpointError> {
+    load_weights(
+        empty_model(config, device),
+        weights_to_bytes(model),
+        Path::new("<in-memory weights>"),
+    )
+}
+
 /// Loads a checkpoint directory written by [`save`].
 pub fn load<B: Backend>(dir: &Path, device: &B::Device) -> Result<Checkpoint<B>, CheckpointError> {
     let cfg_path = dir.join(CONFIG_FILE);
@@ -243,15 +274,7 @@ pub fn load<B: Backend>(dir: &Path, device: &B::Device) -> Result<Checkpoint<B>,
     };
     let w_path = dir.join(WEIGHTS_FILE);
     let bytes = std::fs::read(&w_path).map_err(io(&w_path))?;
-    let mut model = config.init::<B>(device);
-    if config.token_feature_dim > 0 {
-        // The feature table is part of the weights; give the model a slot of the right shape.
-        model = model.with_token_features(Tensor::zeros(
-            [config.vocab_size, config.token_feature_dim],
-            device,
-        ));
-    }
-    let model = load_weights(model, bytes, &w_path)?;
+    let model = load_weights(empty_model(&config, device), bytes, &w_path)?;
     Ok(Checkpoint {
         model,
         config,

@@ -56,6 +56,37 @@ pub type CudaBackend = burn::backend::Cuda;
 #[cfg(feature = "cuda")]
 pub type CudaTrainBackend = burn::backend::Autodiff<burn::backend::Cuda>;
 
+/// Whether burn's CUDA backend can start here: the NVIDIA driver's `libcuda` and the CUDA
+/// runtime compiler `libnvrtc` (which cubecl compiles its kernels with) must both load. Checked
+/// before the first CUDA op, because cudarc panics inside the backend when a library is missing;
+/// this turns that into an error naming what is missing.
+#[cfg(feature = "cuda")]
+pub fn cuda_available() -> Result<(), String> {
+    // Names cudarc tries first (its candidate lists are longer; these cover Linux installs).
+    let loads = |names: &[&str]| {
+        names.iter().any(|n| {
+            let c = std::ffi::CString::new(*n).expect("no NUL in library names");
+            // SAFETY: dlopen with a valid C string; the handle is closed again at once.
+            unsafe {
+                let h = libc::dlopen(c.as_ptr(), libc::RTLD_LAZY | libc::RTLD_LOCAL);
+                if h.is_null() {
+                    false
+                } else {
+                    libc::dlclose(h);
+                    true
+                }
+            }
+        })
+    };
+    if !loads(&["libcuda.so", "libcuda.so.1"]) {
+        return Err("the NVIDIA driver library libcuda.so could not be loaded (no NVIDIA GPU or driver here?)".into());
+    }
+    if !loads(&["libnvrtc.so", "libnvrtc.so.13", "libnvrtc.so.12"]) {
+        return Err("the CUDA runtime compiler libnvrtc.so could not be loaded: install the CUDA toolkit (or pip's nvidia-cuda-nvrtc) and put its lib folder on LD_LIBRARY_PATH".into());
+    }
+    Ok(())
+}
+
 pub use burn;
 
 /// CPU cores this process may use: the default number of sampling worker threads (traj's

@@ -247,6 +247,33 @@ fn check<B: Backend>(
     (from, len): (usize, usize),
     device: &B::Device,
 ) -> LogitCheck {
+    let mask_rows: Vec<Vec<u8>> = table
+        .blocked
+        .chunks(table.k)
+        .map(|r| r.iter().map(|&b| b as u8).collect())
+        .collect();
+    let mut c = LogitCheck {
+        name: name.to_string(),
+        tokens,
+        positions,
+        cond,
+        mask: mask_rows,
+        from,
+        len,
+        logits: Vec::new(),
+    };
+    c.logits = check_logits(model, &c, cfg, device);
+    c
+}
+
+/// Recomputes a check's logits with `model` (any backend) from the check's own inputs.
+fn check_logits<B: Backend>(
+    model: &BlockDiffusionModel<B>,
+    c: &LogitCheck,
+    cfg: &BlockDiffusionConfig,
+    device: &B::Device,
+) -> Vec<f32> {
+    let (tokens, cond) = (&c.tokens, &c.cond);
     let (batch, n) = (tokens.len(), tokens[0].len());
     let flat: Vec<u32> = tokens.concat();
     let cond_t = cond.as_ref().map(|c| {
@@ -257,30 +284,43 @@ fn check<B: Backend>(
             cfg.cond_dim,
         ])
     });
-    let mask_rows: Vec<Vec<u8>> = table
-        .blocked
-        .chunks(table.k)
-        .map(|r| r.iter().map(|&b| b as u8).collect())
-        .collect();
+    let side = c.mask.len();
+    let blocked: Vec<bool> = c.mask.iter().flatten().map(|&b| b != 0).collect();
     let input = ForwardInput {
         tokens: int_tensor::<B>(&flat, batch, n, device),
-        positions: positions.clone(),
+        positions: c.positions.clone(),
         cond: cond_t,
         cond_drop: None,
         request_features: None,
-        mask: Some(table),
+        mask: Some(MaskTable::new(blocked, side, side)),
     };
-    let (logits, _) = model.forward_range(input, None, from, len);
-    LogitCheck {
-        name: name.to_string(),
-        tokens,
-        positions,
-        cond,
-        mask: mask_rows,
-        from,
-        len,
-        logits: to_vec(logits),
+    let (logits, _) = model.forward_range(input, None, c.from, c.len);
+    to_vec(logits)
+}
+
+/// Loads the case's model from `dir` on backend `B` and recomputes every check there: the
+/// largest |Δ| against the logits the case holds (computed on the CPU backend). This is how a
+/// GPU run shows it computes the same model.
+pub fn backend_logit_diff<B: Backend>(
+    dir: &Path,
+    case: &TwinCase,
+    device: &B::Device,
+) -> Result<f64, CheckpointError> {
+    let ck = checkpoint::load::<B>(dir, device)?;
+    let mut worst = 0.0f64;
+    for c in &case.checks {
+        let ours = check_logits(&ck.model, c, &ck.config, device);
+        for (a, b) in ours.iter().zip(&c.logits) {
+            let d = (a - b).abs() as f64;
+            // NaN never passes: it becomes the worst difference.
+            worst = if d.is_nan() {
+                f64::INFINITY
+            } else {
+                worst.max(d)
+            };
+        }
     }
+    Ok(worst)
 }
 
 /// Writes the twin's case into `dir`: `model.safetensors`, `config.json`, `tokenizer.json`
@@ -544,6 +584,14 @@ pub struct TwinReport {
     pub sampling_speedup_by_batch: Vec<(usize, f64)>,
     /// Twin's time / ours for one training step.
     pub training_speedup: f64,
+    /// Where both sides computed: `cpu`, or `cuda` (burn's CUDA backend against torch on the
+    /// same GPU).
+    #[serde(default)]
+    pub device: String,
+    /// Off the CPU: the largest |Δ| between our logits on `device` and our CPU logits of the
+    /// same case ([`backend_logit_diff`]).
+    #[serde(default)]
+    pub device_max_abs_logit_diff: Option<f64>,
 }
 
 /// Error running the twin.
@@ -583,12 +631,14 @@ fn sample_time(t: &TwinTimings, batch: usize) -> f64 {
         .map_or(f64::NAN, |x| x.1)
 }
 
-/// Runs the twin script on a case written to `dir`: `--check-only` skips its timings.
+/// Runs the twin script on a case written to `dir`: `--check-only` skips its timings;
+/// `torch_device` is torch's device for every tensor (`cpu`, `cuda`).
 pub fn run_twin(
     python: &Path,
     script: &Path,
     dir: &Path,
     check_only: bool,
+    torch_device: &str,
 ) -> Result<TwinSide, TwinError> {
     let err = |message: String| TwinError::Python {
         python: python.display().to_string(),
@@ -602,7 +652,9 @@ pub fn run_twin(
         .arg("--case")
         .arg(dir)
         .arg("--out")
-        .arg(&out_path);
+        .arg(&out_path)
+        .arg("--device")
+        .arg(torch_device);
     if check_only {
         cmd.arg("--check-only");
     }
@@ -622,17 +674,18 @@ pub fn run_twin(
     checkpoint::read_json(&out_path).map_err(|e| err(e.to_string()))
 }
 
-/// Writes the case, runs the twin (check + timings) and times our side.
-/// `time_ours` times our side ([`time_ours`] on the CPU, [`time_on`] elsewhere).
+/// Writes the case, runs the twin (check + timings) on torch's `torch_device` and times our
+/// side. `time_ours` times our side ([`time_ours`] on the CPU, [`time_on`] elsewhere).
 pub fn compare(
     spec: &TwinSpec,
     python: &Path,
     script: &Path,
     dir: &Path,
+    torch_device: &str,
     time_ours: impl FnOnce(&TwinSpec) -> TwinTimings,
 ) -> Result<TwinReport, TwinError> {
     write_case(dir, spec)?;
-    let twin = run_twin(python, script, dir, false)?;
+    let twin = run_twin(python, script, dir, false, torch_device)?;
     let ours = time_ours(spec);
     let theirs = twin.timings.clone().unwrap_or_default();
     let ratio = |a: f64, b: f64| if b > 0.0 { a / b } else { f64::NAN };
@@ -647,6 +700,8 @@ pub fn compare(
         sampling_speedup: by_batch.first().map_or(f64::NAN, |x| x.1),
         sampling_speedup_by_batch: by_batch,
         training_speedup: ratio(theirs.train_step_s, ours.train_step_s),
+        device: torch_device.to_string(),
+        device_max_abs_logit_diff: None,
         twin,
         ours,
     })
@@ -655,9 +710,13 @@ pub fn compare(
 /// The report as a markdown table.
 pub fn markdown_table(r: &TwinReport) -> String {
     let theirs = r.twin.timings.clone().unwrap_or_default();
-    let mut s = String::from(
-        "| measure | blockdiff (burn flex) | PyTorch twin | twin / ours |\n|---|---|---|---|\n",
-    );
+    let (ours_name, twin_name) = if r.device == "cuda" {
+        ("blockdiff (burn CUDA)", "PyTorch twin (CUDA)")
+    } else {
+        ("blockdiff (burn flex)", "PyTorch twin")
+    };
+    let mut s =
+        format!("| measure | {ours_name} | {twin_name} | twin / ours |\n|---|---|---|---|\n");
     s += &format!(
         "| training step (batch {}, {} tokens) ms | {:.1} | {:.1} | {:.2}× |\n",
         r.spec.train_batch,
@@ -695,5 +754,11 @@ pub fn markdown_table(r: &TwinReport) -> String {
         }
     }
     s += &format!("| max \\|Δ logit\\| | | | {:.2e} |\n", r.max_abs_logit_diff);
+    if let Some(d) = r.device_max_abs_logit_diff {
+        s += &format!(
+            "| max \\|Δ logit\\|, ours on {} vs ours on the CPU | | | {d:.2e} |\n",
+            r.device
+        );
+    }
     s
 }

@@ -54,6 +54,26 @@ fn round_trip_gives_identical_logits() {
     assert_eq!(logits(&ck.model, &device), before, "bit-identical logits");
 }
 
+/// `to_backend` (how `bench core --device cuda` moves a CPU-trained model) carries every
+/// weight: the moved model computes bit-identical logits to a fresh model of another seed.
+#[test]
+fn to_backend_moves_every_weight() {
+    let device = Default::default();
+    B::seed(&device, 1);
+    let model = cfg().init::<B>(&device);
+    let want = logits(&model, &device);
+    B::seed(&device, 2);
+    let moved = checkpoint::to_backend::<B, B>(&model, &cfg(), &device).unwrap();
+    assert_eq!(logits(&moved, &device), want, "bit-identical logits");
+    B::seed(&device, 2);
+    let other = cfg().init::<B>(&device);
+    assert_ne!(
+        logits(&other, &device),
+        want,
+        "a different initialisation differs"
+    );
+}
+
 #[test]
 fn truncated_weights_are_a_typed_error() {
     let dir = tempdir("trunc");

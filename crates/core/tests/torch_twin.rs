@@ -22,7 +22,7 @@ fn torch_twin_reproduces_our_logits() {
     let spec = TwinSpec::small();
     let case = write_case(&dir, &spec).expect("case written");
     assert_eq!(case.checks.len(), 2);
-    let side = run_twin(&python, &script, &dir, true).expect("twin ran");
+    let side = run_twin(&python, &script, &dir, true, "cpu").expect("twin ran");
     let _ = std::fs::remove_dir_all(&dir);
     eprintln!("twin (torch {}): {:?}", side.torch, side.checks);
     for (name, diff) in &side.checks {
@@ -34,4 +34,28 @@ fn torch_twin_reproduces_our_logits() {
     let spread =
         l.iter().cloned().fold(f32::MIN, f32::max) - l.iter().cloned().fold(f32::MAX, f32::min);
     assert!(spread > 1.0, "logit spread {spread}");
+}
+
+/// The GPU check's machinery, on the CPU: the case's model reloaded from disk and run on the
+/// case's own inputs (mask rebuilt from the case file) gives back exactly the logits the case
+/// holds, and a changed logit is seen.
+#[test]
+fn case_logits_recompute_exactly_from_the_case_file() {
+    use blockdiff_core::twin::backend_logit_diff;
+    use blockdiff_core::CpuBackend;
+    let dir = std::env::temp_dir().join(format!("blockdiff-twin-recompute-{}", std::process::id()));
+    let mut case = write_case(&dir, &TwinSpec::small()).expect("case written");
+    let device = Default::default();
+    let same = backend_logit_diff::<CpuBackend>(&dir, &case, &device).expect("recomputed");
+    assert_eq!(
+        same, 0.0,
+        "reloaded model, same backend: logits must be identical"
+    );
+    case.checks[1].logits[7] += 0.25;
+    let off = backend_logit_diff::<CpuBackend>(&dir, &case, &device).expect("recomputed");
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(
+        (off - 0.25).abs() < 1e-6,
+        "a logit moved by 0.25 shows as {off}"
+    );
 }
