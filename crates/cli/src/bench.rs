@@ -74,6 +74,7 @@ pub fn ensure_device(device: BenchDevice) -> Result<()> {
 }
 
 /// Off the CPU: our logits of the twin's case recomputed on `device` against our CPU logits.
+#[cfg_attr(not(feature = "cuda"), allow(unused_variables))]
 fn device_logit_diff(device: BenchDevice, dir: &Path) -> Result<Option<f64>> {
     match device {
         BenchDevice::Cpu => Ok(None),

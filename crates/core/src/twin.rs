@@ -307,9 +307,60 @@ pub fn backend_logit_diff<B: Backend>(
     device: &B::Device,
 ) -> Result<f64, CheckpointError> {
     let ck = checkpoint::load::<B>(dir, device)?;
+    let corrupt = |name: &str, message: String| CheckpointError::Json {
+        path: dir.join(CASE_FILE),
+        message: format!("check `{name}`: {message}"),
+    };
     let mut worst = 0.0f64;
     for c in &case.checks {
+        // The case is read from disk: check its shapes before they reach the model.
+        let n = c.tokens.first().map_or(0, Vec::len);
+        if n == 0 || c.tokens.iter().any(|t| t.len() != n) {
+            return Err(corrupt(&c.name, "token rows are empty or ragged".into()));
+        }
+        let vocab = ck.config.vocab_size as u32;
+        if c.tokens.iter().flatten().any(|&t| t >= vocab) {
+            return Err(corrupt(
+                &c.name,
+                format!("a token id is ≥ the vocabulary {vocab}"),
+            ));
+        }
+        let cond_width = ck.config.cond_len * ck.config.cond_dim;
+        if let Some(cv) = &c.cond {
+            if cond_width == 0
+                || cv.len() != c.tokens.len()
+                || cv.iter().any(|r| r.len() != cond_width)
+            {
+                return Err(corrupt(
+                    &c.name,
+                    format!("condition rows must be one per sequence of {cond_width} values"),
+                ));
+            }
+        }
+        let side = n + c.cond.as_ref().map_or(0, |_| ck.config.cond_len);
+        if c.mask.len() != side || c.mask.iter().any(|r| r.len() != side) {
+            return Err(corrupt(
+                &c.name,
+                format!("mask is not {side} × {side} (condition + tokens)"),
+            ));
+        }
+        if c.from + c.len > n || c.positions.len() != n {
+            return Err(corrupt(
+                &c.name,
+                "positions or compared range do not fit the tokens".into(),
+            ));
+        }
         let ours = check_logits(&ck.model, c, &ck.config, device);
+        if ours.len() != c.logits.len() {
+            return Err(corrupt(
+                &c.name,
+                format!(
+                    "{} logits stored, the model gives {}",
+                    c.logits.len(),
+                    ours.len()
+                ),
+            ));
+        }
         for (a, b) in ours.iter().zip(&c.logits) {
             let d = (a - b).abs() as f64;
             // NaN never passes: it becomes the worst difference.

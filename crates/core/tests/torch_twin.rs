@@ -59,3 +59,37 @@ fn case_logits_recompute_exactly_from_the_case_file() {
         "a logit moved by 0.25 shows as {off}"
     );
 }
+
+/// A damaged case file is a typed error naming the check, not a panic in the model.
+#[test]
+fn a_damaged_case_is_a_typed_error() {
+    use blockdiff_core::twin::backend_logit_diff;
+    use blockdiff_core::CpuBackend;
+    let dir = std::env::temp_dir().join(format!("blockdiff-twin-damaged-{}", std::process::id()));
+    let case = write_case(&dir, &TwinSpec::small()).expect("case written");
+    let device = Default::default();
+    let damage: [(&str, fn(&mut blockdiff_core::twin::TwinCase)); 5] = [
+        ("ragged tokens", |c| {
+            c.checks[0].tokens[1].pop();
+        }),
+        ("token id", |c| c.checks[0].tokens[0][0] = 1 << 20),
+        ("mask", |c| {
+            c.checks[1].mask.pop();
+        }),
+        ("condition", |c| {
+            c.checks[0].cond.as_mut().unwrap()[0].push(0.0);
+        }),
+        ("logits", |c| {
+            c.checks[1].logits.pop();
+        }),
+    ];
+    for (what, f) in damage {
+        let mut bad = case.clone();
+        f(&mut bad);
+        let err = backend_logit_diff::<CpuBackend>(&dir, &bad, &device)
+            .expect_err(what)
+            .to_string();
+        assert!(err.contains("check `"), "{what}: {err}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
