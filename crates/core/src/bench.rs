@@ -452,6 +452,13 @@ pub fn candidate_policies(block: usize) -> Vec<(String, SamplerConfig)> {
         },
     ));
     v.push((
+        "dilated(2)".into(),
+        SamplerConfig {
+            policy: CommitPolicy::Dilated { per_step: 2 },
+            ..base.clone()
+        },
+    ));
+    v.push((
         "first-hitting".into(),
         SamplerConfig {
             policy: CommitPolicy::FirstHitting,

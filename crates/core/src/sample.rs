@@ -47,6 +47,16 @@ pub enum CommitPolicy {
         /// Static fallback count.
         k: usize,
     },
+    /// Dilated unmasking: `per_step` masked positions per step in a fixed spread-out order
+    /// (block positions by their bit-reversed index: 0, b/2, b/4, 3b/4, …), so the positions
+    /// committed together lie far apart, where an order-k source makes them nearly independent.
+    /// Confidence plays no part: the schedule is `⌈b/per_step⌉` steps per block. With the
+    /// source's exact conditionals (`examples/oracle_decoding.rs`) it is the only multi-token
+    /// policy that stays at the entropy on the core Markov task (2 per step at block 16).
+    Dilated {
+        /// Positions committed per step.
+        per_step: usize,
+    },
     /// First-hitting sampling: one uniformly chosen masked position per step, its token drawn
     /// from the model — an exact sampler of the masked-diffusion reverse process.
     FirstHitting,
@@ -235,7 +245,9 @@ impl SamplerConfig {
             return bad("cfg_scale must be finite");
         }
         match self.policy {
-            CommitPolicy::TopK { k } | CommitPolicy::DynamicFallback { k, .. } if k == 0 => {
+            CommitPolicy::TopK { k: 0 }
+            | CommitPolicy::DynamicFallback { k: 0, .. }
+            | CommitPolicy::Dilated { per_step: 0 } => {
                 bad("policy k must be > 0")
             }
             CommitPolicy::Threshold { tau }
@@ -724,6 +736,7 @@ fn sample_inner<B: Backend, C: Condition>(
                         | CommitPolicy::Threshold { .. }
                         | CommitPolicy::DynamicFallback { .. }
                         | CommitPolicy::FirstHitting
+                        | CommitPolicy::Dilated { .. }
                         // Exact for S2D2 too: a forced token has p = q = 1, so it would be
                         // drafted and accepted with certainty.
                         | CommitPolicy::Speculative { .. }
@@ -1245,6 +1258,15 @@ pub(crate) fn commit_step(
                 seq, seq_off, &cands, &order, constraint, vocab,
             ));
         }
+        CommitPolicy::Dilated { per_step } => {
+            let width = b.next_power_of_two();
+            let mut order: Vec<usize> = (0..cands.len()).collect();
+            order.sort_by_key(|&j| dilated_rank(cands[j].0, width));
+            order.truncate(per_step);
+            return Ok(commit_in_order(
+                seq, seq_off, &cands, &order, constraint, vocab,
+            ));
+        }
         CommitPolicy::TopK { k } => (f32::INFINITY, k),
         CommitPolicy::Threshold { tau } => (tau, 1),
         CommitPolicy::DynamicFallback { tau, k } => (tau, k),
@@ -1253,6 +1275,17 @@ pub(crate) fn commit_step(
     Ok(commit_confident(
         seq, seq_off, &cands, tau, floor, constraint, vocab,
     ))
+}
+
+/// Rank of block position `p` in the dilated order over a block of `width` (a power of two)
+/// positions: `p`'s bits reversed, so 0, w/2, w/4, 3w/4, w/8, … come first.
+fn dilated_rank(p: usize, width: usize) -> usize {
+    let bits = width.trailing_zeros();
+    if bits == 0 {
+        0
+    } else {
+        p.reverse_bits() >> (usize::BITS - bits)
+    }
 }
 
 /// Where the current block sits in every request's sequence.

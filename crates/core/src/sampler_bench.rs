@@ -178,6 +178,13 @@ pub fn sampler_candidates(
             },
         }),
     ));
+    for per_step in [2usize, 3] {
+        v.push((
+            format!("dilated({per_step})"),
+            "dilated".into(),
+            with(CommitPolicy::Dilated { per_step }),
+        ));
+    }
     for tau in [0.9f32, 0.7] {
         v.push((
             format!("dcd(τ={tau},w={block})"),

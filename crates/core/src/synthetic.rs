@@ -108,6 +108,12 @@ impl MarkovSource {
         self.probs[(a * self.n + b) * self.n + c]
     }
 
+    /// Stationary probability of the pair `(a, b)`: the distribution of a sequence's first two
+    /// symbols.
+    pub fn pair_prob(&self, a: usize, b: usize) -> f64 {
+        self.stationary[a * self.n + b]
+    }
+
     /// Entropy rate `h` in nats per symbol.
     pub fn entropy_rate(&self) -> f64 {
         let n = self.n;

@@ -110,6 +110,7 @@ fn variants() -> Vec<(CommitPolicy, Option<Corrector>, bool, bool)> {
             false,
             true,
         ),
+        (CommitPolicy::Dilated { per_step: 3 }, None, false, true),
     ]
 }
 
@@ -443,4 +444,36 @@ fn template_constraint_infills_valid_and_different_tokens() {
     }
     // The free positions really are free (not a copy of the template).
     assert!(changed > 0);
+}
+
+/// Dilated unmasking follows its fixed schedule whatever the model says: at block 8 and 3 per
+/// step, positions 0, 4, 2 in the first call, 6, 1, 5 in the second, 3, 7 in the third (bit
+/// reversal), so ⌈8/3⌉ = 3 calls per block, unconstrained.
+#[test]
+fn dilated_policy_commits_in_bit_reversed_order() {
+    let device = Default::default();
+    let (_, _, cfg, model) = untrained(3);
+    let scfg = SamplerConfig {
+        block_size: 8,
+        policy: CommitPolicy::Dilated { per_step: 3 },
+        max_len: 16,
+        stop_at_eos: false,
+        ..SamplerConfig::default()
+    };
+    let reqs = vec![Conditioning::default(); 4];
+    let out = sample(
+        &model,
+        &cfg,
+        &reqs,
+        &blockdiff_core::constraint::Unconstrained,
+        &scfg,
+        &device,
+    )
+    .expect("sampled");
+    assert_eq!(out.stats.nfe, 6, "3 calls per block, 2 blocks");
+    let want = [0u32, 1, 0, 2, 0, 1, 1, 2];
+    for steps in &out.commit_steps {
+        assert_eq!(&steps[..8], &want, "block 1");
+        assert_eq!(&steps[8..], &want, "block 2");
+    }
 }

@@ -9,7 +9,7 @@ use super::{CommitPolicy, Corrector, SpecRouting};
 use crate::error::SampleError;
 
 /// The accepted forms, for error messages and `--help`.
-pub const POLICY_FORMS: &str = "threshold:TAU, topk:K, dynamic:TAU:K, first-hitting, \
+pub const POLICY_FORMS: &str = "threshold:TAU, topk:K, dynamic:TAU:K, first-hitting, dilated:PER_STEP, \
      s2d2 (= s2d2:always), s2d2:static:COST:TAU, s2d2:dynamic:COST:TAU, \
      s2d2:hysteresis:COST:ON:OFF:TAU, dcd:TAU:WINDOW:MAX_WINDOW, \
      uniform:STEPS[:CORRECTOR_K:ROUNDS]";
@@ -37,6 +37,9 @@ impl FromStr for CommitPolicy {
                 k: n(2, "K")?,
             },
             ["first-hitting"] => CommitPolicy::FirstHitting,
+            ["dilated", _] => CommitPolicy::Dilated {
+                per_step: n(1, "PER_STEP")?,
+            },
             ["s2d2"] | ["s2d2", "always"] => CommitPolicy::Speculative {
                 routing: SpecRouting::Always,
             },
@@ -87,6 +90,7 @@ impl fmt::Display for CommitPolicy {
             CommitPolicy::TopK { k } => write!(f, "topk:{k}"),
             CommitPolicy::DynamicFallback { tau, k } => write!(f, "dynamic:{tau}:{k}"),
             CommitPolicy::FirstHitting => write!(f, "first-hitting"),
+            CommitPolicy::Dilated { per_step } => write!(f, "dilated:{per_step}"),
             CommitPolicy::Speculative {
                 routing: SpecRouting::Always,
             } => write!(f, "s2d2:always"),
