@@ -154,7 +154,11 @@ fn generate(
     policy: Policy,
     rng: &mut StdRng,
 ) -> (Vec<usize>, usize) {
-    let block = if matches!(policy, Policy::Ar) { 1 } else { block };
+    let block = if matches!(policy, Policy::Ar) {
+        1
+    } else {
+        block
+    };
     let order = bit_reversed(block);
     let mut seq: Vec<Option<usize>> = vec![None; len];
     let mut calls = 0;
@@ -176,8 +180,11 @@ fn generate(
             let commit: Vec<(usize, usize)> = match policy {
                 Policy::Ar | Policy::LeftToRight => vec![(drawn[0].0, drawn[0].1)],
                 Policy::Threshold(tau) => {
-                    let mut c: Vec<(usize, usize)> =
-                        drawn.iter().filter(|d| d.2 >= tau).map(|d| (d.0, d.1)).collect();
+                    let mut c: Vec<(usize, usize)> = drawn
+                        .iter()
+                        .filter(|d| d.2 >= tau)
+                        .map(|d| (d.0, d.1))
+                        .collect();
                     if c.is_empty() {
                         c.push((by_conf[0].0, by_conf[0].1));
                     }
@@ -217,7 +224,12 @@ fn generate(
                     let mut c = Vec::new();
                     for &(t, d, p) in &drawn {
                         // AR conditional given everything before t (committed or just accepted).
-                        let prev = |k: usize| c.iter().find(|x: &&(usize, usize)| x.0 == k).map(|x| x.1).or(seq[k]);
+                        let prev = |k: usize| {
+                            c.iter()
+                                .find(|x: &&(usize, usize)| x.0 == k)
+                                .map(|x| x.1)
+                                .or(seq[k])
+                        };
                         let q: Vec<f64> = if t < 2 {
                             // The first pair: the stationary law (t = 0), or its conditional.
                             let n = src.n_symbols();
@@ -242,7 +254,8 @@ fn generate(
                             continue;
                         }
                         let pm = &m[t - start];
-                        let resid: Vec<f64> = q.iter().zip(pm).map(|(q, p)| (q - p).max(0.0)).collect();
+                        let resid: Vec<f64> =
+                            q.iter().zip(pm).map(|(q, p)| (q - p).max(0.0)).collect();
                         let s: f64 = resid.iter().sum();
                         let v = if s > 0.0 {
                             draw(&resid.iter().map(|x| x / s).collect::<Vec<_>>(), rng)
@@ -260,7 +273,10 @@ fn generate(
             }
         }
     }
-    (seq.into_iter().map(|v| v.expect("all committed")).collect(), calls)
+    (
+        seq.into_iter().map(|v| v.expect("all committed")).collect(),
+        calls,
+    )
 }
 
 fn main() {
@@ -277,14 +293,22 @@ fn main() {
         "oracle decoding: {} symbols, degree {}, length {len}; entropy {h:.4} nats/token, quality band ±{tol:.4}; {sequences} sequences per row",
         task.n_symbols, task.degree
     );
-    for block in [8usize, 16] {
+    for block in [8usize, 16, 32, 64] {
         println!("\n| block {block}: policy | calls / sequence | tokens / call | sample NLL | NLL − entropy | in band |\n|---|---|---|---|---|---|");
         let mut policies = vec![Policy::Ar, Policy::LeftToRight, Policy::FirstHitting];
-        policies.extend([0.9, 0.7, 0.5, 0.3].map(Policy::Threshold));
-        policies.extend([2, 4].map(Policy::TopK));
-        policies.extend([2, 4].map(Policy::Dilated));
-        policies.extend([0.1, 0.3, 0.6, 1.0].map(Policy::EntropyBounded));
-        policies.push(Policy::Speculative);
+        if block <= 16 {
+            policies.extend([0.9, 0.7, 0.5, 0.3].map(Policy::Threshold));
+            policies.extend([2, 4].map(Policy::TopK));
+            policies.extend([0.1, 1.0].map(Policy::EntropyBounded));
+            policies.push(Policy::Speculative);
+        }
+        // Dilated with the committed positions 8, 4 or 2 apart in every call.
+        policies.extend(
+            [block / 8, block / 4, block / 2]
+                .into_iter()
+                .filter(|&g| g >= 1)
+                .map(Policy::Dilated),
+        );
         for policy in policies {
             let mut rng = StdRng::seed_from_u64(7);
             let (mut nll, mut calls) = (0.0, 0usize);

@@ -90,6 +90,12 @@ enum BenchCommand {
         /// (small: blocks 1,4,8; full: 1,4,8,16).
         #[arg(long, value_delimiter = ',')]
         block_weights: Option<Vec<f64>>,
+        /// Block sizes of the training mixture, comma-separated (default: the task size's own).
+        #[arg(long, value_delimiter = ',')]
+        block_sizes: Option<Vec<usize>>,
+        /// Block size the decoders run at (default: the task size's own, 8 small / 16 full).
+        #[arg(long)]
+        block: Option<usize>,
         /// Backend the decoders run on: the model is trained on the CPU, then its weights are
         /// moved there (`cuda` needs a build with `--features cuda` and a GPU).
         #[arg(long, value_enum, default_value_t = bench::BenchDevice::Cpu)]
@@ -255,6 +261,8 @@ fn run(command: Command) -> Result<()> {
                     steps,
                     loss,
                     block_weights,
+                    block_sizes,
+                    block,
                     device,
                 },
         } => {
@@ -265,6 +273,12 @@ fn run(command: Command) -> Result<()> {
             }
             if let Some(loss) = loss {
                 task.loss_weighting = loss.into();
+            }
+            if let Some(sizes) = block_sizes {
+                task.block_sizes = sizes;
+            }
+            if let Some(b) = block {
+                task.block_size = b;
             }
             if let Some(w) = block_weights {
                 task.block_weights = Some(w);

@@ -319,6 +319,7 @@ pub fn write_sampler_plot(r: &SamplerBenchReport, path: &Path) -> Result<(), Str
         ("arpc", MAGENTA),
         ("flashblock", CYAN),
         ("uniform", RGBColor(255, 140, 0)),
+        ("dilated", RGBColor(120, 80, 40)),
     ];
     let h = r.reference;
     let [lo, hi] = r.equal_quality_band;

@@ -9,7 +9,8 @@ use super::{CommitPolicy, Corrector, SpecRouting};
 use crate::error::SampleError;
 
 /// The accepted forms, for error messages and `--help`.
-pub const POLICY_FORMS: &str = "threshold:TAU, topk:K, dynamic:TAU:K, first-hitting, dilated:PER_STEP, \
+pub const POLICY_FORMS: &str =
+    "threshold:TAU, topk:K, dynamic:TAU:K, first-hitting, dilated:PER_STEP, \
      s2d2 (= s2d2:always), s2d2:static:COST:TAU, s2d2:dynamic:COST:TAU, \
      s2d2:hysteresis:COST:ON:OFF:TAU, dcd:TAU:WINDOW:MAX_WINDOW, \
      uniform:STEPS[:CORRECTOR_K:ROUNDS]";
