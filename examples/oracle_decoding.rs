@@ -11,6 +11,7 @@
 //! bench's quality band (5% of the entropy).
 
 use blockdiff_core::bench::MarkovTask;
+use blockdiff_core::sample::dilated_rank;
 use blockdiff_core::synthetic::MarkovSource;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -136,13 +137,10 @@ fn entropy(p: &[f64]) -> f64 {
     p.iter().filter(|&&x| x > 0.0).map(|&x| -x * x.ln()).sum()
 }
 
-/// `0..b` in bit-reversed order (b a power of two), so consecutive entries lie far apart.
+/// `0..b` in the sampler's dilated order, so consecutive entries lie far apart.
 fn bit_reversed(b: usize) -> Vec<usize> {
-    let bits = b.trailing_zeros();
     let mut v: Vec<usize> = (0..b).collect();
-    if bits > 0 {
-        v.sort_by_key(|&i| i.reverse_bits() >> (usize::BITS - bits));
-    }
+    v.sort_by_key(|&i| dilated_rank(i, b.next_power_of_two()));
     v
 }
 

@@ -1277,7 +1277,7 @@ pub(crate) fn commit_step(
 
 /// Rank of block position `p` in the dilated order over a block of `width` (a power of two)
 /// positions: `p`'s bits reversed, so 0, w/2, w/4, 3w/4, w/8, … come first.
-fn dilated_rank(p: usize, width: usize) -> usize {
+pub fn dilated_rank(p: usize, width: usize) -> usize {
     let bits = width.trailing_zeros();
     if bits == 0 {
         0
