@@ -490,14 +490,6 @@ pub fn run_core_bench_on<B: Backend>(
     repeats: usize,
     device: &B::Device,
 ) -> CoreBenchReport {
-    let measure_decoding = |model: &BlockDiffusionModel<B>,
-                            task: &MarkovTask,
-                            name: &str,
-                            cfg: &SamplerConfig,
-                            batch: usize,
-                            repeats: usize| {
-        measure_decoding_on(model, task, name, cfg, batch, repeats, device)
-    };
     let h = fit.true_entropy;
     let len = task.seq_len;
     let mut runs = Vec::new();
@@ -505,15 +497,15 @@ pub fn run_core_bench_on<B: Backend>(
         stop_at_eos: false,
         ..SamplerConfig::autoregressive(len)
     };
-    let ar1 = measure_decoding(model, task, "ar", &ar_cfg, 1, repeats);
-    let ar16 = measure_decoding(model, task, "ar", &ar_cfg, 16, repeats.div_ceil(4));
+    let ar1 = measure_decoding_on(model, task, "ar", &ar_cfg, 1, repeats, device);
+    let ar16 = measure_decoding_on(model, task, "ar", &ar_cfg, 16, repeats.div_ceil(4), device);
     let tol = quality_tolerance(h, ar1.sample_nll);
     runs.push(ar1.clone());
     runs.push(ar16.clone());
     let mut best: Option<DecodeRun> = None;
     for (name, mut cfg) in candidate_policies(task.block_size) {
         cfg.max_len = len;
-        let r = measure_decoding(model, task, &name, &cfg, 1, repeats);
+        let r = measure_decoding_on(model, task, &name, &cfg, 1, repeats, device);
         if (r.sample_nll - h).abs() <= tol && best.as_ref().is_none_or(|b| r.wall_s < b.wall_s) {
             best = Some(r.clone());
         }
@@ -539,9 +531,17 @@ pub fn run_core_bench_on<B: Backend>(
         max_len: len,
         ..best_cfg
     };
-    let best16 = measure_decoding(model, task, &best.name, &best_cfg, 16, repeats.div_ceil(4));
+    let best16 = measure_decoding_on(
+        model,
+        task,
+        &best.name,
+        &best_cfg,
+        16,
+        repeats.div_ceil(4),
+        device,
+    );
     runs.push(best16.clone());
-    let nocache = measure_decoding(
+    let nocache = measure_decoding_on(
         model,
         task,
         &format!("{} no-cache", best.name),
@@ -551,6 +551,7 @@ pub fn run_core_bench_on<B: Backend>(
         },
         1,
         repeats,
+        device,
     );
     runs.push(nocache.clone());
     CoreBenchReport {

@@ -59,29 +59,22 @@ pub type CudaTrainBackend = burn::backend::Autodiff<burn::backend::Cuda>;
 /// Whether burn's CUDA backend can start here: the NVIDIA driver's `libcuda` and the CUDA
 /// runtime compiler `libnvrtc` (which cubecl compiles its kernels with) must both load. Checked
 /// before the first CUDA op, because cudarc panics inside the backend when a library is missing;
-/// this turns that into an error naming what is missing.
+/// this turns that into an error naming what is missing. The probes are cudarc's own, over the
+/// same candidate file names the backend will try. (cubecl-cuda builds cudarc without
+/// `dynamic-linking`, so its fallback always resolves to run-time loading and they exist.)
 #[cfg(feature = "cuda")]
 pub fn cuda_available() -> Result<(), String> {
-    // Names cudarc tries first (its candidate lists are longer; these cover Linux installs).
-    let loads = |names: &[&str]| {
-        names.iter().any(|n| {
-            let c = std::ffi::CString::new(*n).expect("no NUL in library names");
-            // SAFETY: dlopen with a valid C string; the handle is closed again at once.
-            unsafe {
-                let h = libc::dlopen(c.as_ptr(), libc::RTLD_LAZY | libc::RTLD_LOCAL);
-                if h.is_null() {
-                    false
-                } else {
-                    libc::dlclose(h);
-                    true
-                }
-            }
-        })
+    // SAFETY: each probe only tries to open candidate libraries with libloading.
+    let (driver, nvrtc) = unsafe {
+        (
+            cudarc::driver::sys::is_culib_present(),
+            cudarc::nvrtc::sys::is_culib_present(),
+        )
     };
-    if !loads(&["libcuda.so", "libcuda.so.1"]) {
+    if !driver {
         return Err("the NVIDIA driver library libcuda.so could not be loaded (no NVIDIA GPU or driver here?)".into());
     }
-    if !loads(&["libnvrtc.so", "libnvrtc.so.13", "libnvrtc.so.12"]) {
+    if !nvrtc {
         return Err("the CUDA runtime compiler libnvrtc.so could not be loaded: install the CUDA toolkit (or pip's nvidia-cuda-nvrtc) and put its lib folder on LD_LIBRARY_PATH".into());
     }
     Ok(())

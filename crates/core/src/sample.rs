@@ -247,7 +247,7 @@ impl SamplerConfig {
         match self.policy {
             CommitPolicy::TopK { k: 0 }
             | CommitPolicy::DynamicFallback { k: 0, .. }
-            | CommitPolicy::Dilated { per_step: 0 } => bad("policy k must be > 0"),
+            | CommitPolicy::Dilated { per_step: 0 } => bad("policy k (per_step) must be > 0"),
             CommitPolicy::Threshold { tau }
             | CommitPolicy::DynamicFallback { tau, .. }
             | CommitPolicy::Deferred { tau, .. }
