@@ -138,6 +138,112 @@ pub fn verifier_mask_data(cached: usize, b: usize) -> Vec<bool> {
     blocked
 }
 
+/// The ordered decoding order of a block of `b` positions: `order[r]` is the block position
+/// committed `r`-th, the positions sorted by their dilated (bit-reversed) rank, so consecutive
+/// ones lie far apart ([`crate::sample::dilated_rank`]).
+pub fn ordered_order(b: usize) -> Vec<usize> {
+    let width = b.next_power_of_two();
+    let mut order: Vec<usize> = (0..b).collect();
+    order.sort_by_key(|&p| crate::sample::dilated_rank(p, width));
+    order
+}
+
+/// Each position's index in the ordered objective's global order over `len` positions in
+/// blocks of `block`: blocks left to right, inside a block [`ordered_order`].
+pub fn ordered_global_rank(len: usize, block: usize) -> Vec<usize> {
+    let order = ordered_order(block);
+    let mut rank = vec![0; len];
+    for start in (0..len).step_by(block) {
+        for (r, &p) in order.iter().enumerate() {
+            if start + p < len {
+                rank[start + p] = start + r;
+            }
+        }
+    }
+    rank
+}
+
+/// The ordered objective's training mask over `[context (C) ⊕ queries (L) ⊕ content (L)]`.
+/// Content (the clean tokens) is causal in the global order ([`ordered_global_rank`]): content
+/// row `i` sees the context and content `j` with `g(j) ≤ g(i)`, so a token's keys and values
+/// never change once it is committed and the sampler caches them exactly. Query row `i` (a
+/// `MASK` at position `i`) sees the context, itself, and content `j` with `g(j) < cuts[i]`
+/// (`cuts[i] ≤ g(i)`): the prediction of token `i` when the first `cuts[i]` tokens of the
+/// order are known. Queries never see each other, so one call predicts a whole group of
+/// positions independently given what was committed before it.
+pub fn ordered_training_mask_data(
+    context: usize,
+    len: usize,
+    block: usize,
+    cuts: &[usize],
+) -> Vec<bool> {
+    assert_eq!(cuts.len(), len, "one cut per position");
+    let g = ordered_global_rank(len, block);
+    let n = context + 2 * len;
+    let mut blocked = vec![true; n * n];
+    for q in 0..n {
+        let row = &mut blocked[q * n..(q + 1) * n];
+        row[..context].iter_mut().for_each(|x| *x = false);
+        if q < context {
+            continue;
+        }
+        let (is_query, i) = if q < context + len {
+            (true, q - context)
+        } else {
+            (false, q - context - len)
+        };
+        if is_query {
+            row[q] = false;
+        }
+        for j in 0..len {
+            let visible = if is_query {
+                g[j] < cuts[i]
+            } else {
+                g[j] <= g[i]
+            };
+            if visible {
+                row[context + len + j] = false;
+            }
+        }
+    }
+    blocked
+}
+
+/// The ordered sampler's call mask over `[context (C) ⊕ content (c) ⊕ queries (k)]` on top of
+/// `cached` positions: context rows see the cache and the context; content row `j` (content
+/// in commit order) sees the cache, the context and content `≤ j`; query rows see the cache,
+/// the context, all content and themselves. The same visibility as
+/// [`ordered_training_mask_data`] with each query's cut at its group's start. Shape
+/// `[C + c + k, cached + C + c + k]`.
+pub fn ordered_call_mask_data(
+    cached: usize,
+    context: usize,
+    content: usize,
+    queries: usize,
+) -> Vec<bool> {
+    let q = context + content + queries;
+    let k = cached + q;
+    let mut blocked = vec![true; q * k];
+    for r in 0..q {
+        let row = &mut blocked[r * k..(r + 1) * k];
+        let visible = if r < context + content {
+            cached + r + 1
+        } else {
+            cached + context + content
+        };
+        row[..visible].iter_mut().for_each(|x| *x = false);
+        if r < context {
+            row[cached..cached + context]
+                .iter_mut()
+                .for_each(|x| *x = false);
+        }
+        if r >= context + content {
+            row[cached + r] = false;
+        }
+    }
+    blocked
+}
+
 /// A `[q, k]` attention mask table (true = blocked), kept on the CPU until a forward pass
 /// materialises it at the shape it needs.
 #[derive(Clone, Debug, PartialEq, Eq)]

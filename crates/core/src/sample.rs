@@ -19,6 +19,7 @@ use crate::error::SampleError;
 use crate::mask;
 use crate::model::{BlockDiffusionConfig, BlockDiffusionModel, FlashBlockState, ForwardInput};
 
+mod ordered;
 mod steps;
 mod text;
 use crate::tokenizer::{BOS, EOS, MASK, PAD};
@@ -55,6 +56,17 @@ pub enum CommitPolicy {
     /// policy that stays at the entropy on the core Markov task (2 per step at block 16).
     Dilated {
         /// Positions committed per step.
+        per_step: usize,
+    },
+    /// Ordered group decoding, for models trained with [`crate::train::NoiseKernel::Ordered`]:
+    /// every call commits the next `per_step` positions of the fixed order (inside a block
+    /// the dilated order, [`crate::mask::ordered_order`]), each drawn from its own prediction
+    /// given every token committed before the group, and feeds the group's tokens to the next
+    /// call as clean content attending causally in commit order. Their keys and values are then
+    /// final, so the KV cache is exact and a call carries only `2·per_step` rows (the last
+    /// group's tokens and the next group's queries), not a whole block.
+    Ordered {
+        /// Positions committed per call.
         per_step: usize,
     },
     /// First-hitting sampling: one uniformly chosen masked position per step, its token drawn
@@ -247,7 +259,8 @@ impl SamplerConfig {
         match self.policy {
             CommitPolicy::TopK { k: 0 }
             | CommitPolicy::DynamicFallback { k: 0, .. }
-            | CommitPolicy::Dilated { per_step: 0 } => bad("policy k (per_step) must be > 0"),
+            | CommitPolicy::Dilated { per_step: 0 }
+            | CommitPolicy::Ordered { per_step: 0 } => bad("policy k (per_step) must be > 0"),
             CommitPolicy::Threshold { tau }
             | CommitPolicy::DynamicFallback { tau, .. }
             | CommitPolicy::Deferred { tau, .. }
@@ -278,6 +291,11 @@ impl SamplerConfig {
             );
         if needs_cache && !self.use_cache {
             return bad("speculative, deferred, FlashBlock and correctors need use_cache");
+        }
+        if (self.flashblock || self.corrector.is_some())
+            && matches!(self.policy, CommitPolicy::Ordered { .. })
+        {
+            return bad("the ordered policy makes its own calls: no FlashBlock or corrector");
         }
         if self.flashblock && matches!(self.policy, CommitPolicy::Deferred { .. }) {
             return bad("FlashBlock reuse needs one block per call; deferred may decode two");
@@ -676,8 +694,29 @@ fn sample_inner<B: Backend, C: Condition>(
         guided_row(logits, i, n, p, span, vocab, guided, cfg.cfg_scale)
     };
 
+    if let CommitPolicy::Ordered { per_step } = cfg.policy {
+        let mut run = ordered::OrderedRun {
+            seqs: &mut seqs,
+            done: &mut done,
+            ended: &mut ended,
+            rngs: &mut rngs,
+            commit_steps: &mut commit_steps,
+            stats: &mut stats,
+            allowed: &mut allowed,
+            probs: &mut probs,
+        };
+        run.decode(
+            &mut dec,
+            per_step,
+            n_blocks,
+            constraint,
+            cfg,
+            &mut observe,
+            &logit_row,
+        )?;
+    }
     for blk in 0..n_blocks {
-        if done.iter().all(|&d| d) {
+        if done.iter().all(|&d| d) || matches!(cfg.policy, CommitPolicy::Ordered { .. }) {
             break;
         }
         let start = gen_start + blk * b; // absolute position of the block
@@ -937,23 +976,14 @@ fn sample_inner<B: Backend, C: Condition>(
                 }
             }
         }
-        // ---- block final: padding after the end, stop finished requests ----
-        for i in 0..n {
-            if done[i] {
-                continue;
-            }
-            // Only finished blocks count: DCD's look-ahead may already have committed an EOS
-            // in the next block while positions before it are still masked.
-            let gen = &mut seqs[i][prompt_len..];
-            let finished = (seq_off + b - prompt_len).min(gen.len());
-            if let Some(e) = gen[..finished].iter().position(|&t| t == EOS || t == PAD) {
-                gen[e + 1..].iter_mut().for_each(|t| *t = PAD);
-                ended[i] = true;
-                if cfg.stop_at_eos {
-                    done[i] = true;
-                }
-            }
-        }
+        finish_block(
+            &mut seqs,
+            &mut done,
+            &mut ended,
+            prompt_len,
+            seq_off + b,
+            cfg,
+        );
         dec.queue_clean(row_blocks(&seqs, rows, seq_off, b));
     }
     stats.nfe = dec.nfe;
@@ -985,6 +1015,34 @@ fn sample_inner<B: Backend, C: Condition>(
         full_sequences,
         stats,
     })
+}
+
+/// A block's end: padding after a request's `EOS`, and requests that ended stop (with
+/// `stop_at_eos`). Only the tokens before `finished` (an index into `seqs[i]`) count: DCD's
+/// look-ahead may already have committed an `EOS` in the next block while positions before it
+/// are still masked.
+fn finish_block(
+    seqs: &mut [Vec<u32>],
+    done: &mut [bool],
+    ended: &mut [bool],
+    prompt_len: usize,
+    finished: usize,
+    cfg: &SamplerConfig,
+) {
+    for i in 0..seqs.len() {
+        if done[i] {
+            continue;
+        }
+        let gen = &mut seqs[i][prompt_len..];
+        let finished = (finished - prompt_len).min(gen.len());
+        if let Some(e) = gen[..finished].iter().position(|&t| t == EOS || t == PAD) {
+            gen[e + 1..].iter_mut().for_each(|t| *t = PAD);
+            ended[i] = true;
+            if cfg.stop_at_eos {
+                done[i] = true;
+            }
+        }
+    }
 }
 
 /// `seqs[r % n][from..from + len]` for every model row (CFG's unconditional rows repeat the

@@ -71,6 +71,10 @@ pub struct TrainConfig {
     /// Forward noise kernel.
     #[config(default = "NoiseKernel::Absorbing")]
     pub kernel: NoiseKernel,
+    /// [`NoiseKernel::Ordered`]: the largest group of positions decoded per call that training
+    /// prepares the model for.
+    #[config(default = 16)]
+    pub max_parallel: usize,
     /// SDAR-VL's Beta noise curriculum for the per-block rates (absent: `U[t_min, t_max]`).
     pub beta_curriculum: Option<BetaCurriculum>,
     /// Probability of dropping a sample's condition (for classifier-free guidance).
@@ -139,6 +143,9 @@ impl TrainConfig {
         }
         if self.batch_size == 0 {
             return bad("batch_size must be > 0".into());
+        }
+        if self.max_parallel == 0 {
+            return bad("max_parallel must be > 0".into());
         }
         Ok(())
     }
@@ -296,6 +303,19 @@ pub enum NoiseKernel {
     /// adding `ln(1 + K·α_t/(1 − α_t))` to the logit of the position's own noisy token. Sample
     /// with [`crate::sample::CommitPolicy::Uniform`].
     Uniform,
+    /// Ordered (group-parallel) denoising, for KV-cached multi-token decoding: every position
+    /// is a masked query predicted from the clean tokens before a cut in a fixed order (blocks
+    /// left to right, inside a block the dilated order [`crate::mask::ordered_order`]), and
+    /// the clean tokens attend causally in that order
+    /// ([`crate::mask::ordered_training_mask_data`]). A query at in-block rank `r` is trained
+    /// with its cut `d ~ U{0..min(r, max_parallel − 1)}` places before it: what it sees when
+    /// it is decoded in a group of up to `max_parallel` positions per call. Loss weight 1 per
+    /// position; with every `d = 0` ([`Noise::AllMasked`]) the loss is the exact negative
+    /// log-likelihood of the model as an autoregressive model in that order. Sample with
+    /// [`crate::sample::CommitPolicy::Ordered`]: each call feeds the tokens committed by the
+    /// call before (their keys and values are final, so the cache is exact) and queries the
+    /// next group, at a cost of `2·per_step` rows per call.
+    Ordered,
 }
 
 /// How the noised batch is drawn.
@@ -356,6 +376,11 @@ pub fn noised_batch<B: Backend>(
         _ => cfg.seq_len,
     };
     let n_blocks = l / block;
+    if cfg.kernel == NoiseKernel::Ordered {
+        return ordered_batch(
+            examples, model_cfg, cfg, block, l, noise, drop_cond, rng, device,
+        );
+    }
     let uniform = cfg.kernel == NoiseKernel::Uniform;
     let rates = match (noise, &cfg.beta_curriculum) {
         (Noise::Training { progress }, Some(c)) => {
@@ -455,6 +480,66 @@ pub fn noised_batch<B: Backend>(
         batch.loo_bonus =
             Some(Tensor::<B, 1>::from_floats(dense.as_slice(), device).reshape([n, l, v]));
     }
+    batch.loss_len = cfg.seq_len;
+    batch
+}
+
+/// [`noised_batch`] of the ordered objective ([`NoiseKernel::Ordered`]): every position a
+/// query with weight 1, content `x_0`, and one cut per position drawn for the whole batch.
+#[allow(clippy::too_many_arguments)]
+fn ordered_batch<B: Backend>(
+    examples: &[&Example],
+    model_cfg: &BlockDiffusionConfig,
+    cfg: &TrainConfig,
+    block: usize,
+    l: usize,
+    noise: Noise,
+    drop_cond: bool,
+    rng: &mut StdRng,
+    device: &B::Device,
+) -> NoisedBatch<B> {
+    let n = examples.len();
+    let mut states = Vec::with_capacity(n);
+    let mut clean = Vec::with_capacity(n);
+    let mut weights = Vec::with_capacity(n);
+    let mut drops = Vec::with_capacity(n);
+    for ex in examples {
+        clean.push(frame(&ex.tokens, l).expect("checked by check_data"));
+        states.push(vec![MASK; l]);
+        weights.push(vec![1.0f32; l]);
+        drops.push(drop_cond && rng.random::<f64>() < cfg.cond_drop_prob);
+    }
+    let g = mask::ordered_global_rank(l, block);
+    let max_d = cfg.max_parallel.max(1);
+    let cuts: Vec<usize> = g
+        .iter()
+        .map(|&gi| {
+            let r = gi % block;
+            let d = match noise {
+                Noise::AllMasked => 0,
+                _ => rng.random_range(0..=r.min(max_d - 1)),
+            };
+            gi - d
+        })
+        .collect();
+    let conditions: Vec<&Conditioning> = examples.iter().map(|e| &e.condition).collect();
+    let mut batch = batch_from_states(
+        &conditions,
+        &states,
+        &clean,
+        &weights,
+        &drops,
+        model_cfg,
+        block,
+        device,
+    );
+    let side = batch.input.mask.as_ref().map_or(2 * l, |m| m.q);
+    let ctx = side - 2 * l;
+    batch.input.mask = Some(mask::MaskTable::new(
+        mask::ordered_training_mask_data(ctx, l, block, &cuts),
+        side,
+        side,
+    ));
     batch.loss_len = cfg.seq_len;
     batch
 }

@@ -111,6 +111,7 @@ fn variants() -> Vec<(CommitPolicy, Option<Corrector>, bool, bool)> {
             true,
         ),
         (CommitPolicy::Dilated { per_step: 3 }, None, false, true),
+        (CommitPolicy::Ordered { per_step: 3 }, None, false, true),
     ]
 }
 

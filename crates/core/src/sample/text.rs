@@ -10,7 +10,7 @@ use crate::error::SampleError;
 
 /// The accepted forms, for error messages and `--help`.
 pub const POLICY_FORMS: &str =
-    "threshold:TAU, topk:K, dynamic:TAU:K, first-hitting, dilated:PER_STEP, \
+    "threshold:TAU, topk:K, dynamic:TAU:K, first-hitting, dilated:PER_STEP, ordered:PER_STEP, \
      s2d2 (= s2d2:always), s2d2:static:COST:TAU, s2d2:dynamic:COST:TAU, \
      s2d2:hysteresis:COST:ON:OFF:TAU, dcd:TAU:WINDOW:MAX_WINDOW, \
      uniform:STEPS[:CORRECTOR_K:ROUNDS]";
@@ -39,6 +39,9 @@ impl FromStr for CommitPolicy {
             },
             ["first-hitting"] => CommitPolicy::FirstHitting,
             ["dilated", _] => CommitPolicy::Dilated {
+                per_step: n(1, "PER_STEP")?,
+            },
+            ["ordered", _] => CommitPolicy::Ordered {
                 per_step: n(1, "PER_STEP")?,
             },
             ["s2d2"] | ["s2d2", "always"] => CommitPolicy::Speculative {
@@ -92,6 +95,7 @@ impl fmt::Display for CommitPolicy {
             CommitPolicy::DynamicFallback { tau, k } => write!(f, "dynamic:{tau}:{k}"),
             CommitPolicy::FirstHitting => write!(f, "first-hitting"),
             CommitPolicy::Dilated { per_step } => write!(f, "dilated:{per_step}"),
+            CommitPolicy::Ordered { per_step } => write!(f, "ordered:{per_step}"),
             CommitPolicy::Speculative {
                 routing: SpecRouting::Always,
             } => write!(f, "s2d2:always"),
