@@ -139,9 +139,21 @@ pub fn verifier_mask_data(cached: usize, b: usize) -> Vec<bool> {
 }
 
 /// The ordered decoding order of a block of `b` positions: `order[r]` is the block position
-/// committed `r`-th, the positions sorted by their dilated (bit-reversed) rank, so consecutive
-/// ones lie far apart ([`crate::sample::dilated_rank`]).
-pub fn ordered_order(b: usize) -> Vec<usize> {
+/// committed `r`-th.
+/// - `stripes = 0`: the dilated order, positions sorted by their bit-reversed rank
+///   ([`crate::sample::dilated_rank`]), so consecutive ones lie far apart;
+/// - `stripes = s > 0` (`s` divides `b`): `s` interleaved left-to-right streams over the block's
+///   `s` equal segments — the first position of every segment, then the second of every
+///   segment, and so on — so `s` consecutive positions of the order lie `b/s` apart and every
+///   position is predicted with its left neighbours known; only a segment's last positions
+///   see the next segment's start (the one bridge per segment).
+pub fn ordered_order(b: usize, stripes: usize) -> Vec<usize> {
+    if stripes > 0 {
+        let len = b / stripes;
+        return (0..len)
+            .flat_map(|t| (0..stripes).map(move |j| j * len + t))
+            .collect();
+    }
     let width = b.next_power_of_two();
     let mut order: Vec<usize> = (0..b).collect();
     order.sort_by_key(|&p| crate::sample::dilated_rank(p, width));
@@ -150,8 +162,8 @@ pub fn ordered_order(b: usize) -> Vec<usize> {
 
 /// Each position's index in the ordered objective's global order over `len` positions in
 /// blocks of `block`: blocks left to right, inside a block [`ordered_order`].
-pub fn ordered_global_rank(len: usize, block: usize) -> Vec<usize> {
-    let order = ordered_order(block);
+pub fn ordered_global_rank(len: usize, block: usize, stripes: usize) -> Vec<usize> {
+    let order = ordered_order(block, stripes);
     let mut rank = vec![0; len];
     for start in (0..len).step_by(block) {
         for (r, &p) in order.iter().enumerate() {
@@ -174,11 +186,11 @@ pub fn ordered_global_rank(len: usize, block: usize) -> Vec<usize> {
 pub fn ordered_training_mask_data(
     context: usize,
     len: usize,
-    block: usize,
+    (block, stripes): (usize, usize),
     cuts: &[usize],
 ) -> Vec<bool> {
     assert_eq!(cuts.len(), len, "one cut per position");
-    let g = ordered_global_rank(len, block);
+    let g = ordered_global_rank(len, block, stripes);
     let n = context + 2 * len;
     let mut blocked = vec![true; n * n];
     for q in 0..n {

@@ -68,6 +68,9 @@ pub enum CommitPolicy {
     Ordered {
         /// Positions committed per call.
         per_step: usize,
+        /// The model's order inside a block (0 = dilated, `s` = `s` interleaved stripes; as
+        /// trained, [`crate::train::TrainConfig::ordered_stripes`]).
+        stripes: usize,
     },
     /// First-hitting sampling: one uniformly chosen masked position per step, its token drawn
     /// from the model — an exact sampler of the masked-diffusion reverse process.
@@ -260,7 +263,12 @@ impl SamplerConfig {
             CommitPolicy::TopK { k: 0 }
             | CommitPolicy::DynamicFallback { k: 0, .. }
             | CommitPolicy::Dilated { per_step: 0 }
-            | CommitPolicy::Ordered { per_step: 0 } => bad("policy k (per_step) must be > 0"),
+            | CommitPolicy::Ordered { per_step: 0, .. } => bad("policy k (per_step) must be > 0"),
+            CommitPolicy::Ordered { stripes, .. }
+                if stripes > 0 && self.block_size % stripes != 0 =>
+            {
+                bad("ordered stripes must divide block_size")
+            }
             CommitPolicy::Threshold { tau }
             | CommitPolicy::DynamicFallback { tau, .. }
             | CommitPolicy::Deferred { tau, .. }
@@ -694,7 +702,7 @@ fn sample_inner<B: Backend, C: Condition>(
         guided_row(logits, i, n, p, span, vocab, guided, cfg.cfg_scale)
     };
 
-    if let CommitPolicy::Ordered { per_step } = cfg.policy {
+    if let CommitPolicy::Ordered { per_step, stripes } = cfg.policy {
         let mut run = ordered::OrderedRun {
             seqs: &mut seqs,
             done: &mut done,
@@ -707,7 +715,7 @@ fn sample_inner<B: Backend, C: Condition>(
         };
         run.decode(
             &mut dec,
-            per_step,
+            (per_step, stripes),
             n_blocks,
             constraint,
             cfg,

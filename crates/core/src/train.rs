@@ -75,6 +75,10 @@ pub struct TrainConfig {
     /// prepares the model for.
     #[config(default = 16)]
     pub max_parallel: usize,
+    /// [`NoiseKernel::Ordered`]: the order inside a block (0 = dilated, `s` = `s`
+    /// interleaved left-to-right stripes, see [`crate::mask::ordered_order`]).
+    #[config(default = 0)]
+    pub ordered_stripes: usize,
     /// SDAR-VL's Beta noise curriculum for the per-block rates (absent: `U[t_min, t_max]`).
     pub beta_curriculum: Option<BetaCurriculum>,
     /// Probability of dropping a sample's condition (for classifier-free guidance).
@@ -146,6 +150,19 @@ impl TrainConfig {
         }
         if self.max_parallel == 0 {
             return bad("max_parallel must be > 0".into());
+        }
+        if self.ordered_stripes > 0 {
+            if let Some(b) = self
+                .block_sizes
+                .iter()
+                .chain([&self.eval_block_size])
+                .find(|&&b| b % self.ordered_stripes != 0)
+            {
+                return bad(format!(
+                    "ordered_stripes {} must divide block size {b}",
+                    self.ordered_stripes
+                ));
+            }
         }
         Ok(())
     }
@@ -509,7 +526,7 @@ fn ordered_batch<B: Backend>(
         weights.push(vec![1.0f32; l]);
         drops.push(drop_cond && rng.random::<f64>() < cfg.cond_drop_prob);
     }
-    let g = mask::ordered_global_rank(l, block);
+    let g = mask::ordered_global_rank(l, block, cfg.ordered_stripes);
     let max_d = cfg.max_parallel.max(1);
     let cuts: Vec<usize> = g
         .iter()
@@ -536,7 +553,7 @@ fn ordered_batch<B: Backend>(
     let side = batch.input.mask.as_ref().map_or(2 * l, |m| m.q);
     let ctx = side - 2 * l;
     batch.input.mask = Some(mask::MaskTable::new(
-        mask::ordered_training_mask_data(ctx, l, block, &cuts),
+        mask::ordered_training_mask_data(ctx, l, (block, cfg.ordered_stripes), &cuts),
         side,
         side,
     ));

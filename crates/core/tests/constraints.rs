@@ -111,7 +111,24 @@ fn variants() -> Vec<(CommitPolicy, Option<Corrector>, bool, bool)> {
             true,
         ),
         (CommitPolicy::Dilated { per_step: 3 }, None, false, true),
-        (CommitPolicy::Ordered { per_step: 3 }, None, false, true),
+        (
+            CommitPolicy::Ordered {
+                per_step: 3,
+                stripes: 0,
+            },
+            None,
+            false,
+            true,
+        ),
+        (
+            CommitPolicy::Ordered {
+                per_step: 2,
+                stripes: 4,
+            },
+            None,
+            false,
+            true,
+        ),
     ]
 }
 

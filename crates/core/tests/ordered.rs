@@ -61,7 +61,7 @@ fn requests(batch: usize) -> Vec<Conditioning> {
 /// Runs the ordered sampler and returns the final sequences and, per call, the observed
 /// `[rows, b, vocab]` logits with the block index.
 fn run(
-    block: usize,
+    (block, stripes): (usize, usize),
     per_step: usize,
     use_cache: bool,
     batch: usize,
@@ -72,7 +72,7 @@ fn run(
     let model = cfg.init_seeded::<B>(3, &device);
     let scfg = SamplerConfig {
         block_size: block,
-        policy: CommitPolicy::Ordered { per_step },
+        policy: CommitPolicy::Ordered { per_step, stripes },
         max_len: 3 * block,
         stop_at_eos: false,
         seed: 19,
@@ -95,8 +95,14 @@ fn run(
 
 #[test]
 fn ordered_cached_logits_equal_the_training_layout_on_the_finished_sequence() {
-    let (block, per_step, batch) = (8, 3, 3);
-    let (seqs, calls, nfe) = run(block, per_step, true, batch);
+    // The dilated order in groups of 3 (not a divisor of the block), and 4 stripes of 2.
+    training_layout_check(0, 3);
+    training_layout_check(4, 4);
+}
+
+fn training_layout_check(stripes: usize, per_step: usize) {
+    let (block, batch) = (8, 3);
+    let (seqs, calls, nfe) = run((block, stripes), per_step, true, batch);
     let len = 3 * block;
     assert_eq!(
         nfe,
@@ -109,7 +115,7 @@ fn ordered_cached_logits_equal_the_training_layout_on_the_finished_sequence() {
     // Seeded per model: tests run in parallel threads and burn's global seed is shared.
     let model = cfg.init_seeded::<B>(3, &device);
     // Each position's cut: the global rank of its group's first position.
-    let g = mask::ordered_global_rank(len, block);
+    let g = mask::ordered_global_rank(len, block, stripes);
     let cuts: Vec<usize> = g
         .iter()
         .map(|&gi| (gi / block) * block + (gi % block) / per_step * per_step)
@@ -142,7 +148,7 @@ fn ordered_cached_logits_equal_the_training_layout_on_the_finished_sequence() {
         ),
         cond_drop: None,
         mask: Some(mask::MaskTable::new(
-            mask::ordered_training_mask_data(ctx, len, block, &cuts),
+            mask::ordered_training_mask_data(ctx, len, (block, stripes), &cuts),
             ctx + 2 * len,
             ctx + 2 * len,
         )),
@@ -177,8 +183,8 @@ fn ordered_cached_logits_equal_the_training_layout_on_the_finished_sequence() {
 
 #[test]
 fn ordered_sampler_without_cache_makes_the_same_samples() {
-    let (with, calls_with, _) = run(8, 4, true, 2);
-    let (without, calls_without, _) = run(8, 4, false, 2);
+    let (with, calls_with, _) = run((8, 2), 4, true, 2);
+    let (without, calls_without, _) = run((8, 2), 4, false, 2);
     assert_eq!(with, without);
     let worst = calls_with
         .iter()

@@ -38,7 +38,7 @@ impl OrderedRun<'_> {
     pub(super) fn decode<B: Backend>(
         &mut self,
         dec: &mut Decoder<'_, B>,
-        per_step: usize,
+        (per_step, stripes): (usize, usize),
         n_blocks: usize,
         constraint: &dyn Constraint,
         cfg: &SamplerConfig,
@@ -48,7 +48,7 @@ impl OrderedRun<'_> {
         debug_assert!(matches!(cfg.policy, CommitPolicy::Ordered { .. }));
         let (n, b, prompt_len) = (dec.n, dec.b, dec.prompt_len);
         let vocab = self.allowed.len();
-        let order = mask::ordered_order(b);
+        let order = mask::ordered_order(b, stripes);
         let prompt_rows = dec.pending.clone().unwrap_or_default();
         // Committed positions (indices into `seqs[i]`) not yet in the cache, and all of them
         // in commit order (for the reference without a cache).

@@ -10,7 +10,7 @@ use crate::error::SampleError;
 
 /// The accepted forms, for error messages and `--help`.
 pub const POLICY_FORMS: &str =
-    "threshold:TAU, topk:K, dynamic:TAU:K, first-hitting, dilated:PER_STEP, ordered:PER_STEP, \
+    "threshold:TAU, topk:K, dynamic:TAU:K, first-hitting, dilated:PER_STEP, ordered:PER_STEP[:STRIPES], \
      s2d2 (= s2d2:always), s2d2:static:COST:TAU, s2d2:dynamic:COST:TAU, \
      s2d2:hysteresis:COST:ON:OFF:TAU, dcd:TAU:WINDOW:MAX_WINDOW, \
      uniform:STEPS[:CORRECTOR_K:ROUNDS]";
@@ -43,6 +43,11 @@ impl FromStr for CommitPolicy {
             },
             ["ordered", _] => CommitPolicy::Ordered {
                 per_step: n(1, "PER_STEP")?,
+                stripes: 0,
+            },
+            ["ordered", _, _] => CommitPolicy::Ordered {
+                per_step: n(1, "PER_STEP")?,
+                stripes: n(2, "STRIPES")?,
             },
             ["s2d2"] | ["s2d2", "always"] => CommitPolicy::Speculative {
                 routing: SpecRouting::Always,
@@ -95,7 +100,9 @@ impl fmt::Display for CommitPolicy {
             CommitPolicy::DynamicFallback { tau, k } => write!(f, "dynamic:{tau}:{k}"),
             CommitPolicy::FirstHitting => write!(f, "first-hitting"),
             CommitPolicy::Dilated { per_step } => write!(f, "dilated:{per_step}"),
-            CommitPolicy::Ordered { per_step } => write!(f, "ordered:{per_step}"),
+            CommitPolicy::Ordered { per_step, stripes } => {
+                write!(f, "ordered:{per_step}:{stripes}")
+            }
             CommitPolicy::Speculative {
                 routing: SpecRouting::Always,
             } => write!(f, "s2d2:always"),
