@@ -2,10 +2,14 @@
 //! [`NoiseKernel::Ordered`](blockdiff_core::train::NoiseKernel::Ordered) at one block size and
 //! decodes it with `ordered(k)` for several group sizes, against AR-mode calls timed on the
 //! same weights. `cargo run --release --example ordered_markov -- [small|full] BLOCK [STEPS [MAX_PARALLEL
-//! [STRIPES]]]` (stripes 0 = the dilated order).
+//! [STRIPES [CHECKPOINT_DIR]]]]` (stripes 0 = the dilated order; the
+//! checkpoint is loaded when present, else written after training).
 
 use blockdiff_core::bench::{fit_markov_ordered, measure_decoding, quality_tolerance, MarkovTask};
+use blockdiff_core::checkpoint;
+use blockdiff_core::model::BlockDiffusionModel;
 use blockdiff_core::sample::{CommitPolicy, SamplerConfig};
+use blockdiff_core::CpuBackend;
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -20,6 +24,16 @@ fn main() {
     let h = task.source().sequence_entropy_per_token(task.seq_len);
     let max_parallel: usize = args.get(3).and_then(|a| a.parse().ok()).unwrap_or(8);
     let stripes: usize = args.get(4).and_then(|a| a.parse().ok()).unwrap_or(0);
+    // An optional checkpoint folder: loaded when it holds one, written after training if not.
+    let dir = args.get(5).map(std::path::PathBuf::from);
+    let loaded = dir
+        .as_ref()
+        .and_then(|d| checkpoint::load::<CpuBackend>(d, &Default::default()).ok());
+    if let Some(c) = loaded {
+        println!("loaded {}", dir.as_ref().expect("dir").display());
+        decode(&task, &c.model, block, stripes, h);
+        return;
+    }
     let (model, fit) = match fit_markov_ordered(&task, (block, stripes), max_parallel, true) {
         Ok(x) => x,
         Err(e) => {
@@ -27,6 +41,17 @@ fn main() {
             std::process::exit(2);
         }
     };
+    if let Some(d) = &dir {
+        let saved = std::fs::create_dir_all(d)
+            .map_err(|e| e.to_string())
+            .and_then(|_| {
+                checkpoint::save(d, &model, &task.model_config(), &Default::default())
+                    .map_err(|e| e.to_string())
+            });
+        if let Err(e) = saved {
+            eprintln!("error: saving {}: {e}", d.display());
+        }
+    }
     println!(
         "block {block}, stripes {stripes}, max_parallel {max_parallel}, {} steps: true entropy {h:.4}; held-out ordered NLL {:.4} ({:+.1}%), group-mixture loss {:.4}; training {:.0} tokens/s",
         task.steps,
@@ -35,13 +60,23 @@ fn main() {
         fit.val_loss_groups,
         fit.train.tokens_per_s
     );
+    decode(&task, &model, block, stripes, h);
+}
+
+fn decode(
+    task: &MarkovTask,
+    model: &BlockDiffusionModel<CpuBackend>,
+    block: usize,
+    stripes: usize,
+    h: f64,
+) {
     let repeats = 20;
     let ar_cfg = SamplerConfig {
         stop_at_eos: false,
         ..SamplerConfig::autoregressive(task.seq_len)
     };
     // AR-mode calls on these weights: the cost of left-to-right decoding (1 row per call).
-    let ar = measure_decoding(&model, &task, "ar", &ar_cfg, 1, repeats);
+    let ar = measure_decoding(model, task, "ar", &ar_cfg, 1, repeats);
     let tol = quality_tolerance(h, h);
     println!("| policy | NFE | wall ms | x AR-call time | sample NLL | in band (±{tol:.3}) |");
     println!("|---|---|---|---|---|---|");
@@ -51,20 +86,26 @@ fn main() {
         ar.wall_s * 1e3,
         ar.sample_nll
     );
-    for k in [1usize, 2, 4, 8, 16].into_iter().filter(|&k| k <= block) {
+    let runs = [1usize, 2, 4, 8, 16]
+        .into_iter()
+        .filter(|&k| k <= block)
+        .map(|k| (k, 1.0f32))
+        .chain([(8, 0.95), (8, 0.9), (8, 0.8)]);
+    for (k, top_p) in runs {
         let cfg = SamplerConfig {
             block_size: block,
             max_len: task.seq_len,
             stop_at_eos: false,
+            top_p,
             policy: CommitPolicy::Ordered {
                 per_step: k,
                 stripes,
             },
             ..SamplerConfig::default()
         };
-        let r = measure_decoding(&model, &task, "ordered", &cfg, 1, repeats);
+        let r = measure_decoding(model, task, "ordered", &cfg, 1, repeats);
         println!(
-            "| ordered({k}) | {:.0} | {:.2} | {:.2} | {:.4} | {} |",
+            "| ordered({k}), top-p {top_p} | {:.0} | {:.2} | {:.2} | {:.4} | {} |",
             r.nfe,
             r.wall_s * 1e3,
             ar.wall_s / r.wall_s,

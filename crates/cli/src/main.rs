@@ -120,6 +120,16 @@ enum BenchCommand {
         /// Markov: skip training the uniform-kernel model (and its policies).
         #[arg(long)]
         no_uniform: bool,
+        /// Markov: skip training the ordered-objective model (and its `ordered(k)` policies).
+        #[arg(long)]
+        no_ordered: bool,
+        /// Markov: block size of the ordered model's order (a divisor of the sequence length).
+        #[arg(long, default_value_t = 64)]
+        ordered_block: usize,
+        /// Markov: stripes of the ordered model's order (0 = dilated); its widest group, one
+        /// position per stripe, is the fastest ordered policy.
+        #[arg(long, default_value_t = 8)]
+        ordered_stripes: usize,
         /// Traj: folder with the network, `val.csv` and `test.csv`.
         #[arg(long, default_value = "out/traj-demo/data")]
         data: PathBuf,
@@ -228,6 +238,9 @@ fn run(command: Command) -> Result<()> {
                     task,
                     repeats,
                     no_uniform,
+                    no_ordered,
+                    ordered_block,
+                    ordered_stripes,
                     data,
                     checkpoint,
                     uniform_checkpoint,
@@ -237,8 +250,14 @@ fn run(command: Command) -> Result<()> {
                 },
         } => {
             let report = match task {
-                SamplerTask::Small => markov_samplers(MarkovTask::small(), repeats, !no_uniform)?,
-                SamplerTask::Full => markov_samplers(MarkovTask::full(), repeats, !no_uniform)?,
+                SamplerTask::Small | SamplerTask::Full => {
+                    let task = match task {
+                        SamplerTask::Small => MarkovTask::small(),
+                        _ => MarkovTask::full(),
+                    };
+                    let ordered = (!no_ordered).then_some((ordered_block, ordered_stripes));
+                    markov_samplers(task, repeats, !no_uniform, ordered)?
+                }
                 SamplerTask::Traj => traj::sampler_bench(
                     &data,
                     &checkpoint,
@@ -355,6 +374,7 @@ fn markov_samplers(
     task: MarkovTask,
     repeats: usize,
     uniform: bool,
+    ordered: Option<(usize, usize)>,
 ) -> Result<blockdiff_core::sampler_bench::SamplerBenchReport> {
     eprintln!("training the Markov task model ({} steps)...", task.steps);
     let (model, fit) = fit_markov(&task, true);
@@ -367,10 +387,28 @@ fn markov_samplers(
     } else {
         None
     };
+    let ordered_model = match ordered {
+        Some((block, stripes)) => {
+            eprintln!(
+                "training the ordered-objective model (block {block}, {stripes} stripes, {} steps)...",
+                task.steps
+            );
+            // Groups of up to one position per stripe (8 in the dilated order).
+            let widest = if stripes > 0 { stripes } else { 8 };
+            Some(blockdiff_core::bench::fit_markov_ordered(
+                &task,
+                (block, stripes),
+                widest,
+                true,
+            )?)
+        }
+        None => None,
+    };
     eprintln!("benchmarking decoding policies...");
     Ok(blockdiff_core::sampler_bench::run_sampler_bench(
         &model,
         uniform_model.as_ref().map(|(m, l)| (m, *l)),
+        ordered_model.as_ref().map(|(m, f)| (m, f)),
         &task,
         fit.true_entropy,
         repeats.max(1),
@@ -396,6 +434,12 @@ fn report_samplers(
         report.best_speedup_vs_threshold,
         report.best_speedup_vs_ar
     );
+    if let Some(f) = &report.ordered_fit {
+        println!(
+            "ordered-objective model (block {}, {} stripes): held-out NLL in its order {:.4} nats/token",
+            f.block, f.stripes, f.val_nll_ordered
+        );
+    }
     if let Some(l) = report.uniform_val_loss {
         println!("uniform-kernel model: held-out denoiser loss {l:.4} nats/token");
     }

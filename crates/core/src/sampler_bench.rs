@@ -10,7 +10,7 @@ use std::path::Path;
 use plotters::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use crate::bench::{measure_decoding, quality_tolerance, DecodeRun, MarkovTask};
+use crate::bench::{measure_decoding, quality_tolerance, DecodeRun, MarkovTask, OrderedFit};
 use crate::model::BlockDiffusionModel;
 use crate::sample::{CommitPolicy, Corrector, SamplerConfig, SpecRouting};
 use crate::CpuBackend;
@@ -71,6 +71,9 @@ pub struct SamplerBenchReport {
     /// Held-out loss of the uniform-kernel model (cross-entropy of its denoiser), when trained.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub uniform_val_loss: Option<f64>,
+    /// The ordered-objective model (its order and held-out losses), when trained.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ordered_fit: Option<OrderedFit>,
 }
 
 impl SamplerBenchReport {
@@ -119,6 +122,7 @@ impl SamplerBenchReport {
             best_speedup_vs_threshold: thr.wall_s / best.wall_s,
             best_speedup_vs_ar: runs[0].wall_s / best.wall_s,
             uniform_val_loss: None,
+            ordered_fit: None,
             runs,
         }
     }
@@ -236,11 +240,37 @@ pub fn sampler_candidates(
     v
 }
 
+/// The ordered policies for a model trained with the ordered objective at `block` in
+/// `stripes` stripes: groups of 1 (its own autoregressive order) up to one position per
+/// stripe (or 8 in the dilated order) per call.
+pub fn ordered_candidates(block: usize, stripes: usize) -> Vec<(String, String, SamplerConfig)> {
+    let widest = if stripes > 0 { stripes } else { 8 }.min(block);
+    let mut ks = vec![1usize, 2, 4, widest];
+    ks.retain(|&k| k <= widest);
+    ks.dedup();
+    ks.into_iter()
+        .map(|per_step| {
+            (
+                format!("ordered({per_step})"),
+                "ordered".to_string(),
+                SamplerConfig {
+                    block_size: block,
+                    stop_at_eos: false,
+                    policy: CommitPolicy::Ordered { per_step, stripes },
+                    ..SamplerConfig::default()
+                },
+            )
+        })
+        .collect()
+}
+
 /// Measures every candidate at batch 1 (`repeats` samples each, median wall-clock). The
-/// uniform policies run on `uniform_model` (trained with the uniform kernel) when given.
+/// uniform policies run on `uniform_model` (trained with the uniform kernel) and the ordered
+/// ones on `ordered_model` (trained with the ordered objective) when given.
 pub fn run_sampler_bench(
     model: &BlockDiffusionModel<CpuBackend>,
     uniform_model: Option<(&BlockDiffusionModel<CpuBackend>, f64)>,
+    ordered_model: Option<(&BlockDiffusionModel<CpuBackend>, &OrderedFit)>,
     task: &MarkovTask,
     true_entropy: f64,
     repeats: usize,
@@ -264,10 +294,15 @@ pub fn run_sampler_bench(
         extra: BTreeMap::new(),
     };
     let mut runs = vec![to_run(ar, "ar")];
-    for (name, family, mut cfg) in sampler_candidates(task.block_size, uniform_model.is_some()) {
+    let mut candidates = sampler_candidates(task.block_size, uniform_model.is_some());
+    if let Some((_, fit)) = ordered_model {
+        candidates.extend(ordered_candidates(fit.block, fit.stripes));
+    }
+    for (name, family, mut cfg) in candidates {
         cfg.max_len = len;
-        let m = match (&uniform_model, family.as_str()) {
-            (Some((u, _)), "uniform") => *u,
+        let m = match (&uniform_model, &ordered_model, family.as_str()) {
+            (Some((u, _)), _, "uniform") => *u,
+            (_, Some((o, _)), "ordered") => *o,
             _ => model,
         };
         let r = measure_decoding(m, task, &name, &cfg, 1, repeats);
@@ -285,6 +320,7 @@ pub fn run_sampler_bench(
     report.task = Some(task.clone());
     report.true_entropy = Some(h);
     report.uniform_val_loss = uniform_model.map(|(_, l)| l);
+    report.ordered_fit = ordered_model.map(|(_, f)| f.clone());
     report
 }
 
@@ -320,6 +356,7 @@ pub fn write_sampler_plot(r: &SamplerBenchReport, path: &Path) -> Result<(), Str
         ("flashblock", CYAN),
         ("uniform", RGBColor(255, 140, 0)),
         ("dilated", RGBColor(120, 80, 40)),
+        ("ordered", RGBColor(0, 128, 128)),
     ];
     let h = r.reference;
     let [lo, hi] = r.equal_quality_band;

@@ -238,3 +238,36 @@ fn ordered_objective_at_block_one_is_the_ar_likelihood() {
         "block 8 reorders: {ordered8} vs {ar}"
     );
 }
+
+#[test]
+fn ordered_orders_are_permutations_with_spread_out_groups() {
+    for b in [1usize, 2, 8, 12, 16, 64] {
+        let mut dilated = mask::ordered_order(b, 0);
+        assert_eq!(
+            dilated[0], 0,
+            "block {b}: the dilated order starts at the left edge"
+        );
+        dilated.sort_unstable();
+        assert_eq!(
+            dilated,
+            (0..b).collect::<Vec<_>>(),
+            "block {b}: a permutation"
+        );
+        for s in (1..=b).filter(|s| b % s == 0) {
+            let order = mask::ordered_order(b, s);
+            let mut sorted = order.clone();
+            sorted.sort_unstable();
+            assert_eq!(sorted, (0..b).collect::<Vec<_>>(), "block {b}, {s} stripes");
+            // Every run of `s` consecutive entries holds one position per stripe, `b/s` apart.
+            for group in order.chunks(s) {
+                for w in group.windows(2) {
+                    assert_eq!(w[1] - w[0], b / s, "block {b}, {s} stripes: {group:?}");
+                }
+            }
+        }
+    }
+    // The global rank is blocks left to right.
+    let g = mask::ordered_global_rank(16, 8, 2);
+    assert_eq!(&g[..8], &[0, 2, 4, 6, 1, 3, 5, 7]);
+    assert_eq!(&g[8..], &[8, 10, 12, 14, 9, 11, 13, 15]);
+}
