@@ -1169,15 +1169,12 @@ impl<B: Backend> Decoder<'_, B> {
                 self.cache.len() + ctx + span,
             )
         });
+        let (cond, cond_drop) = self.cond_input(with_cond);
         let input = ForwardInput {
             tokens: int_tensor::<B>(&toks, rows, clean + span, self.device),
             positions,
-            cond: if with_cond { self.cond_t.clone() } else { None },
-            cond_drop: if with_cond {
-                self.cond_drop.clone()
-            } else {
-                None
-            },
+            cond,
+            cond_drop,
             mask: mask_t,
             request_features: self.req_t.clone(),
         };
@@ -1193,6 +1190,15 @@ impl<B: Backend> Decoder<'_, B> {
             self.cond_pending = false;
         }
         to_vec(logits)
+    }
+
+    /// The condition tensors of a call that starts the sequence (`with_cond`), else none.
+    fn cond_input(&self, with_cond: bool) -> (Option<Tensor<B, 3>>, Option<Tensor<B, 1>>) {
+        if with_cond {
+            (self.cond_t.clone(), self.cond_drop.clone())
+        } else {
+            (None, None)
+        }
     }
 
     /// Queues a finished block's clean rows for the next call. A block finished without a call

@@ -194,15 +194,12 @@ impl<B: Backend> Decoder<'_, B> {
         let ctx = p_len + if with_cond { self.cond_len } else { 0 };
         let q = ctx + content.len() + queries.len();
         let cached = cache.len();
+        let (cond, cond_drop) = self.cond_input(with_cond);
         let input = ForwardInput {
             tokens: int_tensor::<B>(&toks, rows, width, self.device),
             positions,
-            cond: if with_cond { self.cond_t.clone() } else { None },
-            cond_drop: if with_cond {
-                self.cond_drop.clone()
-            } else {
-                None
-            },
+            cond,
+            cond_drop,
             mask: Some(mask::MaskTable::new(
                 mask::ordered_call_mask_data(cached, ctx, content.len(), queries.len()),
                 q,
