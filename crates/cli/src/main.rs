@@ -130,6 +130,10 @@ enum BenchCommand {
         /// position per stripe, is the fastest ordered policy.
         #[arg(long, default_value_t = 8)]
         ordered_stripes: usize,
+        /// Markov: folder of the ordered model: loaded when it holds one, else written after
+        /// training (a full-size model trains for half an hour on 2 cores).
+        #[arg(long)]
+        ordered_checkpoint: Option<PathBuf>,
         /// Traj: folder with the network, `val.csv` and `test.csv`.
         #[arg(long, default_value = "out/traj-demo/data")]
         data: PathBuf,
@@ -241,6 +245,7 @@ fn run(command: Command) -> Result<()> {
                     no_ordered,
                     ordered_block,
                     ordered_stripes,
+                    ordered_checkpoint,
                     data,
                     checkpoint,
                     uniform_checkpoint,
@@ -255,7 +260,8 @@ fn run(command: Command) -> Result<()> {
                         SamplerTask::Small => MarkovTask::small(),
                         _ => MarkovTask::full(),
                     };
-                    let ordered = (!no_ordered).then_some((ordered_block, ordered_stripes));
+                    let ordered = (!no_ordered)
+                        .then_some(((ordered_block, ordered_stripes), ordered_checkpoint));
                     markov_samplers(task, repeats, !no_uniform, ordered)?
                 }
                 SamplerTask::Traj => traj::sampler_bench(
@@ -374,7 +380,7 @@ fn markov_samplers(
     task: MarkovTask,
     repeats: usize,
     uniform: bool,
-    ordered: Option<(usize, usize)>,
+    ordered: Option<((usize, usize), Option<PathBuf>)>,
 ) -> Result<blockdiff_core::sampler_bench::SamplerBenchReport> {
     eprintln!("training the Markov task model ({} steps)...", task.steps);
     let (model, fit) = fit_markov(&task, true);
@@ -388,19 +394,28 @@ fn markov_samplers(
         None
     };
     let ordered_model = match ordered {
-        Some((block, stripes)) => {
+        Some(((block, stripes), dir)) => {
             eprintln!(
-                "training the ordered-objective model (block {block}, {stripes} stripes, {} steps)...",
+                "the ordered-objective model (block {block}, {stripes} stripes, {} steps)...",
                 task.steps
             );
             // Groups of up to one position per stripe (8 in the dilated order).
             let widest = if stripes > 0 { stripes } else { 8 };
-            Some(blockdiff_core::bench::fit_markov_ordered(
-                &task,
-                (block, stripes),
-                widest,
-                true,
-            )?)
+            Some(match dir {
+                Some(dir) => blockdiff_core::bench::load_or_fit_markov_ordered(
+                    &task,
+                    (block, stripes),
+                    widest,
+                    &dir,
+                    true,
+                )?,
+                None => blockdiff_core::bench::fit_markov_ordered(
+                    &task,
+                    (block, stripes),
+                    widest,
+                    true,
+                )?,
+            })
         }
         None => None,
     };
