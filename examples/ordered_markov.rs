@@ -2,8 +2,9 @@
 //! [`NoiseKernel::Ordered`](blockdiff_core::train::NoiseKernel::Ordered) at one block size and
 //! decodes it with `ordered(k)` for several group sizes, against AR-mode calls timed on the
 //! same weights. `cargo run --release --example ordered_markov -- [small|full] BLOCK [STEPS [MAX_PARALLEL
-//! [STRIPES [CHECKPOINT_DIR]]]]` (stripes 0 = the dilated order; the
-//! checkpoint is loaded when present, else written after training).
+//! [STRIPES [CHECKPOINT_DIR [REPEATS]]]]]` (stripes 0 = the dilated order; the
+//! checkpoint is loaded when present, else written after training; `[REPEATS]` samples per
+//! policy follow it, default 20).
 
 use blockdiff_core::bench::{fit_markov_ordered, measure_decoding, quality_tolerance, MarkovTask};
 use blockdiff_core::checkpoint;
@@ -24,6 +25,8 @@ fn main() {
     let h = task.source().sequence_entropy_per_token(task.seq_len);
     let max_parallel: usize = args.get(3).and_then(|a| a.parse().ok()).unwrap_or(8);
     let stripes: usize = args.get(4).and_then(|a| a.parse().ok()).unwrap_or(0);
+    // Samples per policy (batch 1; the median wall-clock is reported).
+    let repeats: usize = args.get(6).and_then(|a| a.parse().ok()).unwrap_or(20);
     // An optional checkpoint folder: loaded when it holds one, written after training if not.
     let dir = args.get(5).map(std::path::PathBuf::from);
     let loaded = dir
@@ -31,7 +34,7 @@ fn main() {
         .and_then(|d| checkpoint::load::<CpuBackend>(d, &Default::default()).ok());
     if let Some(c) = loaded {
         println!("loaded {}", dir.as_ref().expect("dir").display());
-        decode(&task, &c.model, block, stripes, h);
+        decode(&task, &c.model, block, stripes, h, repeats);
         return;
     }
     let (model, fit) = match fit_markov_ordered(&task, (block, stripes), max_parallel, true) {
@@ -60,7 +63,7 @@ fn main() {
         fit.val_loss_groups,
         fit.train.tokens_per_s
     );
-    decode(&task, &model, block, stripes, h);
+    decode(&task, &model, block, stripes, h, repeats);
 }
 
 fn decode(
@@ -69,8 +72,8 @@ fn decode(
     block: usize,
     stripes: usize,
     h: f64,
+    repeats: usize,
 ) {
-    let repeats = 20;
     let ar_cfg = SamplerConfig {
         stop_at_eos: false,
         ..SamplerConfig::autoregressive(task.seq_len)
