@@ -309,6 +309,7 @@ pub fn all(args: AllArgs) -> Result<()> {
             task,
             args.repeats,
             BenchDevice::Cpu,
+            None,
         )?;
         let v = serde_json::to_value(&r)?;
         core = Some(r);

@@ -100,6 +100,16 @@ enum BenchCommand {
         /// moved there (`cuda` needs a build with `--features cuda` and a GPU).
         #[arg(long, value_enum, default_value_t = bench::BenchDevice::Cpu)]
         device: bench::BenchDevice,
+        /// Also run the ordered policies on an ordered-objective model from this folder
+        /// (loaded when it holds one, else trained on the task and written there).
+        #[arg(long)]
+        ordered_checkpoint: Option<PathBuf>,
+        /// Block size of the ordered model's order.
+        #[arg(long, default_value_t = 64)]
+        ordered_block: usize,
+        /// Stripes of the ordered model's order (0 = dilated).
+        #[arg(long, default_value_t = 8)]
+        ordered_stripes: usize,
     },
     /// Every decoding policy (threshold sweep, S2D2, DCD, ARPC, FlashBlock, uniform kernel)
     /// on the Markov task or the trajectory benchmark: NFE, wall-clock and quality;
@@ -289,6 +299,9 @@ fn run(command: Command) -> Result<()> {
                     block_sizes,
                     block,
                     device,
+                    ordered_checkpoint,
+                    ordered_block,
+                    ordered_stripes,
                 },
         } => {
             let mut task = task.task();
@@ -314,7 +327,8 @@ fn run(command: Command) -> Result<()> {
                     task.block_sizes
                 )
             })?;
-            bench_core(json, task, repeats, device).map(|_| ())
+            let ordered = ordered_checkpoint.map(|d| (d, (ordered_block, ordered_stripes)));
+            bench_core(json, task, repeats, device, ordered).map(|_| ())
         }
     }
 }
@@ -325,13 +339,35 @@ fn bench_core(
     task: MarkovTask,
     repeats: usize,
     device: bench::BenchDevice,
+    ordered: Option<(PathBuf, (usize, usize))>,
 ) -> Result<blockdiff_core::bench::CoreBenchReport> {
     bench::ensure_device(device)?;
     eprintln!("training the Markov task model ({} steps)...", task.steps);
     let (model, fit) = fit_markov(&task, true);
+    let ordered_model = match &ordered {
+        Some((dir, (block, stripes))) => {
+            eprintln!("the ordered-objective model ({})...", dir.display());
+            let widest = if *stripes > 0 { *stripes } else { 8 };
+            let (m, _) = blockdiff_core::bench::load_or_fit_markov_ordered(
+                &task,
+                (*block, *stripes),
+                widest,
+                dir,
+                true,
+            )?;
+            Some((m, (*block, *stripes)))
+        }
+        None => None,
+    };
     eprintln!("benchmarking decoders...");
     let report = match device {
-        bench::BenchDevice::Cpu => run_core_bench(&model, &task, fit, repeats.max(1)),
+        bench::BenchDevice::Cpu => run_core_bench(
+            &model,
+            ordered_model.as_ref().map(|(m, o)| (m, *o)),
+            &task,
+            fit,
+            repeats.max(1),
+        ),
         #[cfg(feature = "cuda")]
         bench::BenchDevice::Cuda => {
             let gpu = Default::default();
@@ -340,7 +376,25 @@ fn bench_core(
                 &task.model_config(),
                 &gpu,
             )?;
-            blockdiff_core::bench::run_core_bench_on(&model, &task, fit, repeats.max(1), &gpu)
+            let ordered_gpu = match &ordered_model {
+                Some((m, o)) => Some((
+                    checkpoint::to_backend::<_, blockdiff_core::CudaBackend>(
+                        m,
+                        &task.model_config(),
+                        &gpu,
+                    )?,
+                    *o,
+                )),
+                None => None,
+            };
+            blockdiff_core::bench::run_core_bench_on(
+                &model,
+                ordered_gpu.as_ref().map(|(m, o)| (m, *o)),
+                &task,
+                fit,
+                repeats.max(1),
+                &gpu,
+            )
         }
         #[cfg(not(feature = "cuda"))]
         bench::BenchDevice::Cuda => anyhow::bail!(bench::NO_CUDA),

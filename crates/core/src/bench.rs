@@ -538,6 +538,11 @@ pub struct CoreBenchReport {
     /// The backend the decoders ran on (burn's name for it and its device).
     #[serde(default)]
     pub backend: String,
+    /// The ordered-objective model's order `[block, stripes]` when its policies ran too
+    /// (`bench core --ordered-checkpoint`); the best policy may then be one of them, and its
+    /// speed-up is against the block model's AR mode.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ordered_order: Option<[usize; 2]>,
 }
 
 /// Candidate block-decoding policies the benchmark sweeps.
@@ -596,17 +601,21 @@ pub fn candidate_policies(block: usize) -> Vec<(String, SamplerConfig)> {
 /// Runs the benchmark on a trained model (CPU backend).
 pub fn run_core_bench(
     model: &BlockDiffusionModel<CpuBackend>,
+    ordered: Option<(&BlockDiffusionModel<CpuBackend>, (usize, usize))>,
     task: &MarkovTask,
     fit: MarkovFit,
     repeats: usize,
 ) -> CoreBenchReport {
-    run_core_bench_on(model, task, fit, repeats, &Default::default())
+    run_core_bench_on(model, ordered, task, fit, repeats, &Default::default())
 }
 
 /// [`run_core_bench`] with the model on any backend (e.g. `CudaBackend`: the CPU-trained
-/// model moved there with [`crate::checkpoint::to_backend`]).
+/// model moved there with [`crate::checkpoint::to_backend`]). With `ordered` (a model
+/// trained with the ordered objective and its `(block, stripes)`), its policies
+/// ([`crate::sampler_bench::ordered_candidates`]) are candidates too.
 pub fn run_core_bench_on<B: Backend>(
     model: &BlockDiffusionModel<B>,
+    ordered: Option<(&BlockDiffusionModel<B>, (usize, usize))>,
     task: &MarkovTask,
     fit: MarkovFit,
     repeats: usize,
@@ -624,10 +633,29 @@ pub fn run_core_bench_on<B: Backend>(
     let tol = quality_tolerance(h, ar1.sample_nll);
     runs.push(ar1.clone());
     runs.push(ar16.clone());
+    // (name, config, runs on the ordered model)
+    let mut candidates: Vec<(String, SamplerConfig, bool)> = candidate_policies(task.block_size)
+        .into_iter()
+        .map(|(n, c)| (n, c, false))
+        .collect();
+    if let Some((_, (block, stripes))) = ordered {
+        candidates.extend(
+            crate::sampler_bench::ordered_candidates(block, stripes)
+                .into_iter()
+                .map(|(n, _, c)| (n, c, true)),
+        );
+    }
+    let model_for = |on_ordered: bool| match (on_ordered, ordered) {
+        (true, Some((m, _))) => m,
+        _ => model,
+    };
     let mut best: Option<DecodeRun> = None;
-    for (name, mut cfg) in candidate_policies(task.block_size) {
-        cfg.max_len = len;
-        let r = measure_decoding_on(model, task, &name, &cfg, 1, repeats, device);
+    for (name, cfg, on_ordered) in &candidates {
+        let cfg = SamplerConfig {
+            max_len: len,
+            ..cfg.clone()
+        };
+        let r = measure_decoding_on(model_for(*on_ordered), task, name, &cfg, 1, repeats, device);
         if (r.sample_nll - h).abs() <= tol && best.as_ref().is_none_or(|b| r.wall_s < b.wall_s) {
             best = Some(r.clone());
         }
@@ -645,16 +673,17 @@ pub fn run_core_bench_on<B: Backend>(
             .cloned()
             .expect("at least one block run")
     });
-    let (_, best_cfg) = candidate_policies(task.block_size)
+    let (_, best_cfg, best_on_ordered) = candidates
         .into_iter()
-        .find(|(n, _)| *n == best.name)
+        .find(|(n, _, _)| *n == best.name)
         .expect("best is a candidate");
+    let best_model = model_for(best_on_ordered);
     let best_cfg = SamplerConfig {
         max_len: len,
         ..best_cfg
     };
     let best16 = measure_decoding_on(
-        model,
+        best_model,
         task,
         &best.name,
         &best_cfg,
@@ -664,7 +693,7 @@ pub fn run_core_bench_on<B: Backend>(
     );
     runs.push(best16.clone());
     let nocache = measure_decoding_on(
-        model,
+        best_model,
         task,
         &format!("{} no-cache", best.name),
         &SamplerConfig {
@@ -688,6 +717,7 @@ pub fn run_core_bench_on<B: Backend>(
         quality_tolerance: tol,
         cache_speedup: nocache.wall_s / best.wall_s,
         backend: B::name(device),
+        ordered_order: ordered.map(|(_, (b, s))| [b, s]),
         fit,
         runs,
     }
