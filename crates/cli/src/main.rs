@@ -345,17 +345,9 @@ fn bench_core(
     eprintln!("training the Markov task model ({} steps)...", task.steps);
     let (model, fit) = fit_markov(&task, true);
     let ordered_model = match &ordered {
-        Some((dir, (block, stripes))) => {
-            eprintln!("the ordered-objective model ({})...", dir.display());
-            let widest = if *stripes > 0 { *stripes } else { 8 };
-            let (m, _) = blockdiff_core::bench::load_or_fit_markov_ordered(
-                &task,
-                (*block, *stripes),
-                widest,
-                dir,
-                true,
-            )?;
-            Some((m, (*block, *stripes)))
+        Some((dir, order)) => {
+            let (m, _) = ordered_markov_model(&task, *order, Some(dir))?;
+            Some((m, *order))
         }
         None => None,
     };
@@ -448,29 +440,7 @@ fn markov_samplers(
         None
     };
     let ordered_model = match ordered {
-        Some(((block, stripes), dir)) => {
-            eprintln!(
-                "the ordered-objective model (block {block}, {stripes} stripes, {} steps)...",
-                task.steps
-            );
-            // Groups of up to one position per stripe (8 in the dilated order).
-            let widest = if stripes > 0 { stripes } else { 8 };
-            Some(match dir {
-                Some(dir) => blockdiff_core::bench::load_or_fit_markov_ordered(
-                    &task,
-                    (block, stripes),
-                    widest,
-                    &dir,
-                    true,
-                )?,
-                None => blockdiff_core::bench::fit_markov_ordered(
-                    &task,
-                    (block, stripes),
-                    widest,
-                    true,
-                )?,
-            })
-        }
+        Some((order, dir)) => Some(ordered_markov_model(&task, order, dir.as_deref())?),
         None => None,
     };
     eprintln!("benchmarking decoding policies...");
@@ -482,6 +452,33 @@ fn markov_samplers(
         fit.true_entropy,
         repeats.max(1),
     ))
+}
+
+/// The ordered-objective model of `bench core` / `bench samplers`: loaded from (or trained and
+/// written to) `dir`, or trained in the run; groups of up to one position per stripe.
+fn ordered_markov_model(
+    task: &MarkovTask,
+    (block, stripes): (usize, usize),
+    dir: Option<&std::path::Path>,
+) -> Result<(
+    blockdiff_core::model::BlockDiffusionModel<blockdiff_core::CpuBackend>,
+    blockdiff_core::bench::OrderedFit,
+)> {
+    eprintln!(
+        "the ordered-objective model (block {block}, {stripes} stripes, {} steps)...",
+        task.steps
+    );
+    let widest = blockdiff_core::sampler_bench::ordered_widest_group(block, stripes);
+    Ok(match dir {
+        Some(dir) => blockdiff_core::bench::load_or_fit_markov_ordered(
+            task,
+            (block, stripes),
+            widest,
+            dir,
+            true,
+        )?,
+        None => blockdiff_core::bench::fit_markov_ordered(task, (block, stripes), widest, true)?,
+    })
 }
 
 /// Prints the sampler table and summary, writes the plot and the JSON.

@@ -297,14 +297,19 @@ pub fn fit_markov_ordered(
     let cfg = ordered_train_config(task, (block, stripes), max_parallel).with_progress(progress);
     cfg.validate()?;
     let t = train_task(task, cfg);
-    let fit = OrderedFit {
+    let fit = ordered_fit(&t, (block, stripes));
+    Ok((t.model, fit))
+}
+
+/// The held-out losses of an ordered model (its training report as recorded in `t`).
+fn ordered_fit(t: &Trained, (block, stripes): (usize, usize)) -> OrderedFit {
+    OrderedFit {
         block,
         stripes,
         val_nll_ordered: t.evaluate(block, Noise::AllMasked, 1),
         val_loss_groups: t.evaluate(block, Noise::Random, 2),
         train: t.report.clone(),
-    };
-    Ok((t.model, fit))
+    }
 }
 
 /// The task's training config for the ordered objective.
@@ -351,29 +356,16 @@ pub fn load_or_fit_markov_ordered(
     if dir.join(crate::checkpoint::CONFIG_FILE).exists() {
         // A checkpoint without its fit (e.g. from `examples/ordered_markov.rs`): evaluate it.
         let c = crate::checkpoint::load::<CpuBackend>(dir, &Default::default())?;
-        let cfg = ordered_train_config(task, order, max_parallel);
-        let (_, val) = task.data();
-        let eval = |noise, passes| {
-            evaluate(
-                &c.model,
-                &c.config,
-                &cfg,
-                &val,
-                order.0,
-                noise,
-                passes,
-                &Default::default(),
-            )
+        let t = Trained {
+            model: c.model,
+            model_cfg: c.config,
+            train_cfg: ordered_train_config(task, order, max_parallel),
+            val: task.data().1,
+            report: TrainReport::default(),
         };
-        let fit = OrderedFit {
-            block: order.0,
-            stripes: order.1,
-            val_nll_ordered: eval(Noise::AllMasked, 1),
-            val_loss_groups: eval(Noise::Random, 2),
-            train: TrainReport::default(),
-        };
+        let fit = ordered_fit(&t, order);
         crate::checkpoint::write_json(&fit_path, &fit)?;
-        return Ok((c.model, fit));
+        return Ok((t.model, fit));
     }
     let (model, fit) = fit_markov_ordered(task, order, max_parallel, progress).map_err(|e| {
         crate::error::CheckpointError::Config {

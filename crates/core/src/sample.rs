@@ -60,7 +60,7 @@ pub enum CommitPolicy {
     },
     /// Ordered group decoding, for models trained with [`crate::train::NoiseKernel::Ordered`]:
     /// every call commits the next `per_step` positions of the fixed order (inside a block
-    /// the dilated order, [`crate::mask::ordered_order`]), each drawn from its own prediction
+    /// the dilated or striped order, [`crate::mask::ordered_order`]), each drawn from its own prediction
     /// given every token committed before the group, and feeds the group's tokens to the next
     /// call as clean content attending causally in commit order. Their keys and values are then
     /// final, so the KV cache is exact and a call carries only `2·per_step` rows (the last
@@ -388,8 +388,12 @@ pub struct StepView<'a> {
     /// `MASK` where undecided).
     pub sequences: &'a [Vec<u32>],
     /// Raw (unguided) logits of the current block, `[rows, block, vocab]` row-major; with CFG
-    /// the unconditional rows follow the conditional ones.
+    /// the unconditional rows follow the conditional ones. With `queried`, `[rows,
+    /// queried.len(), vocab]`: only those positions'.
     pub logits: &'a [f32],
+    /// The block positions a call predicted when it did not predict the whole block (the
+    /// ordered policy's group), in the order of the logits' rows.
+    pub queried: Option<&'a [usize]>,
 }
 
 /// Generates one sequence per request. See [`sample_observed`].
@@ -722,9 +726,19 @@ fn sample_inner<B: Backend, C: Condition>(
             &mut observe,
             &logit_row,
         )?;
+        stats.nfe = dec.nfe;
+        return Ok(sample_output(
+            seqs,
+            (prompt_len, n_blocks * b),
+            cfg,
+            ended,
+            commit_steps,
+            stats,
+            started,
+        ));
     }
     for blk in 0..n_blocks {
-        if done.iter().all(|&d| d) || matches!(cfg.policy, CommitPolicy::Ordered { .. }) {
+        if done.iter().all(|&d| d) {
             break;
         }
         let start = gen_start + blk * b; // absolute position of the block
@@ -758,6 +772,7 @@ fn sample_inner<B: Backend, C: Condition>(
                     block: blk,
                     sequences: seqs,
                     logits: &l,
+                    queried: None,
                 });
                 l
             };
@@ -817,6 +832,7 @@ fn sample_inner<B: Backend, C: Condition>(
                     block: blk,
                     sequences: &seqs,
                     logits: &logits,
+                    queried: None,
                 });
 
                 // ---- commit decisions ----
@@ -995,11 +1011,33 @@ fn sample_inner<B: Backend, C: Condition>(
         dec.queue_clean(row_blocks(&seqs, rows, seq_off, b));
     }
     stats.nfe = dec.nfe;
+    Ok(sample_output(
+        seqs,
+        (prompt_len, n_blocks * b),
+        cfg,
+        ended,
+        commit_steps,
+        stats,
+        started,
+    ))
+}
+
+/// The result from the sampler's final state: `seqs` (prompt ⊕ `gen_len` generated tokens
+/// per request) cut at the end of each sequence and at `max_len`.
+fn sample_output(
+    seqs: Vec<Vec<u32>>,
+    (prompt_len, gen_len): (usize, usize),
+    cfg: &SamplerConfig,
+    ended: Vec<bool>,
+    commit_steps: Vec<Vec<u32>>,
+    mut stats: SampleStats,
+    started: Instant,
+) -> SampleOutput {
     let full_sequences: Vec<Vec<u32>> = seqs
         .iter()
         .map(|s| {
             let mut g = s[prompt_len..].to_vec();
-            g.resize(n_blocks * b, PAD);
+            g.resize(gen_len, PAD);
             g
         })
         .collect();
@@ -1016,13 +1054,13 @@ fn sample_inner<B: Backend, C: Condition>(
         })
         .collect();
     stats.wall_s = started.elapsed().as_secs_f64();
-    Ok(SampleOutput {
+    SampleOutput {
         sequences,
         ended,
         commit_steps,
         full_sequences,
         stats,
-    })
+    }
 }
 
 /// A block's end: padding after a request's `EOS`, and requests that ended stop (with

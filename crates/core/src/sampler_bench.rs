@@ -240,11 +240,18 @@ pub fn sampler_candidates(
     v
 }
 
+/// The widest group an ordered model of `(block, stripes)` decodes per call, and trains for
+/// (`max_parallel`): one position per stripe, or 8 in the dilated order (positions 8 apart at
+/// block 64, where the oracle stays at the entropy).
+pub fn ordered_widest_group(block: usize, stripes: usize) -> usize {
+    if stripes > 0 { stripes } else { 8 }.min(block)
+}
+
 /// The ordered policies for a model trained with the ordered objective at `block` in
 /// `stripes` stripes: groups of 1 (its own autoregressive order) up to one position per
 /// stripe (or 8 in the dilated order) per call.
 pub fn ordered_candidates(block: usize, stripes: usize) -> Vec<(String, String, SamplerConfig)> {
-    let widest = if stripes > 0 { stripes } else { 8 }.min(block);
+    let widest = ordered_widest_group(block, stripes);
     let mut ks = vec![1usize, 2, 4, widest];
     ks.retain(|&k| k <= widest);
     ks.dedup();

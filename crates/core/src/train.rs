@@ -322,7 +322,8 @@ pub enum NoiseKernel {
     Uniform,
     /// Ordered (group-parallel) denoising, for KV-cached multi-token decoding: every position
     /// is a masked query predicted from the clean tokens before a cut in a fixed order (blocks
-    /// left to right, inside a block the dilated order [`crate::mask::ordered_order`]), and
+    /// left to right, inside a block the dilated or striped order of
+    /// [`TrainConfig::ordered_stripes`], [`crate::mask::ordered_order`]), and
     /// the clean tokens attend causally in that order
     /// ([`crate::mask::ordered_training_mask_data`]). A query at in-block rank `r` is trained
     /// with its cut `d ~ U{0..min(r, max_parallel − 1)}` places before it: what it sees when
@@ -540,23 +541,13 @@ fn ordered_batch<B: Backend>(
         })
         .collect();
     let conditions: Vec<&Conditioning> = examples.iter().map(|e| &e.condition).collect();
-    let mut batch = batch_from_states(
+    let mut batch = batch_with_mask(
         &conditions,
-        &states,
-        &clean,
-        &weights,
-        &drops,
+        (&states, &clean, &weights, &drops),
         model_cfg,
-        block,
+        |ctx, l| mask::ordered_training_mask_data(ctx, l, (block, cfg.ordered_stripes), &cuts),
         device,
     );
-    let side = batch.input.mask.as_ref().map_or(2 * l, |m| m.q);
-    let ctx = side - 2 * l;
-    batch.input.mask = Some(mask::MaskTable::new(
-        mask::ordered_training_mask_data(ctx, l, (block, cfg.ordered_stripes), &cuts),
-        side,
-        side,
-    ));
     batch.loss_len = cfg.seq_len;
     batch
 }
@@ -609,6 +600,24 @@ pub fn batch_from_states<B: Backend>(
     drops: &[bool],
     model_cfg: &BlockDiffusionConfig,
     block: usize,
+    device: &B::Device,
+) -> NoisedBatch<B> {
+    batch_with_mask(
+        conditions,
+        (states, clean, weights, drops),
+        model_cfg,
+        |ctx, l| mask::training_mask_data(ctx, l, block),
+        device,
+    )
+}
+
+/// [`batch_from_states`] with the attention mask over `[context ⊕ x_t ⊕ x_0]` built by
+/// `mask_data(context, L)` (the ordered objective's differs from BD3-LM's).
+fn batch_with_mask<B: Backend>(
+    conditions: &[&Conditioning],
+    (states, clean, weights, drops): (&[Vec<u32>], &[Vec<u32>], &[Vec<f32>], &[bool]),
+    model_cfg: &BlockDiffusionConfig,
+    mask_data: impl FnOnce(usize, usize) -> Vec<bool>,
     device: &B::Device,
 ) -> NoisedBatch<B> {
     let n = conditions.len();
@@ -666,7 +675,7 @@ pub fn batch_from_states<B: Backend>(
     )
     .expect("checked by check_data");
     let ctx = cond_len + prompt_len;
-    let m = mask::training_mask_data(ctx, l, block);
+    let m = mask_data(ctx, l);
     let side = ctx + 2 * l;
     let mut positions: Vec<usize> = (cond_len..ctx + l).collect();
     positions.extend(ctx..ctx + l);

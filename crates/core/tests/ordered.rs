@@ -58,14 +58,17 @@ fn requests(batch: usize) -> Vec<Conditioning> {
         .collect()
 }
 
-/// Runs the ordered sampler and returns the final sequences and, per call, the observed
-/// `[rows, b, vocab]` logits with the block index.
+/// One observed call: block index, the block positions queried, their `[rows, queried, vocab]`
+/// logits.
+type Call = (usize, Vec<usize>, Vec<f32>);
+
+/// Runs the ordered sampler and returns the final sequences, every observed call and the NFE.
 fn run(
     (block, stripes): (usize, usize),
     per_step: usize,
     use_cache: bool,
     batch: usize,
-) -> (Vec<Vec<u32>>, Vec<(usize, Vec<f32>)>, usize) {
+) -> (Vec<Vec<u32>>, Vec<Call>, usize) {
     let device = Default::default();
     let cfg = model_config();
     // Seeded per model: tests run in parallel threads and burn's global seed is shared.
@@ -87,7 +90,13 @@ fn run(
         &NoEnd,
         &scfg,
         &device,
-        |view| calls.push((view.block, view.logits.to_vec())),
+        |view| {
+            let queried = view
+                .queried
+                .expect("the ordered policy names its queries")
+                .to_vec();
+            calls.push((view.block, queried, view.logits.to_vec()))
+        },
     )
     .expect("sampling succeeds");
     (out.full_sequences, calls, out.stats.nfe)
@@ -158,13 +167,10 @@ fn training_layout_check(stripes: usize, per_step: usize) {
     let reference = logits.into_data().into_vec::<f32>().unwrap();
     let mut worst = 0f32;
     let mut compared = 0;
-    for (blk, view) in &calls {
+    for (blk, queried, view) in &calls {
         for r in 0..batch {
-            for p in 0..block {
-                let at = (r * block + p) * VOCAB;
-                if view[at] == f32::NEG_INFINITY {
-                    continue; // not queried by this call
-                }
+            for (q, &p) in queried.iter().enumerate() {
+                let at = (r * queried.len() + q) * VOCAB;
                 let pos = blk * block + p;
                 let want = &reference[(r * len + pos) * VOCAB..(r * len + pos + 1) * VOCAB];
                 for (a, b) in want.iter().zip(&view[at..at + VOCAB]) {
@@ -189,8 +195,10 @@ fn ordered_sampler_without_cache_makes_the_same_samples() {
     let worst = calls_with
         .iter()
         .zip(&calls_without)
-        .flat_map(|((_, a), (_, b))| a.iter().zip(b))
-        .filter(|(a, _)| a.is_finite())
+        .flat_map(|((_, qa, a), (_, qb, b))| {
+            assert_eq!(qa, qb, "same queries with and without the cache");
+            a.iter().zip(b)
+        })
         .map(|(a, b)| (a - b).abs())
         .fold(0f32, f32::max);
     assert!(worst <= 1e-4, "cache vs recompute: max |Δ| = {worst}");

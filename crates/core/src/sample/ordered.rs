@@ -9,7 +9,7 @@ use super::{
     allowed_at, extend_to, finish_block, int_tensor, pick, to_vec, CommitPolicy, Decoder,
     SampleError, SampleStats, SamplerConfig, StepView,
 };
-use crate::cache::KvCache;
+use crate::cache::{KvCache, LayerKv};
 use crate::constraint::Constraint;
 use crate::mask;
 use crate::model::ForwardInput;
@@ -47,14 +47,12 @@ impl OrderedRun<'_> {
     ) -> Result<(), SampleError> {
         debug_assert!(matches!(cfg.policy, CommitPolicy::Ordered { .. }));
         let (n, b, prompt_len) = (dec.n, dec.b, dec.prompt_len);
-        let vocab = self.allowed.len();
         let order = mask::ordered_order(b, stripes);
         let prompt_rows = dec.pending.clone().unwrap_or_default();
         // Committed positions (indices into `seqs[i]`) not yet in the cache, and all of them
         // in commit order (for the reference without a cache).
         let mut fresh: Vec<usize> = Vec::new();
         let mut history: Vec<usize> = Vec::new();
-        let mut expanded = Vec::new();
         for blk in 0..n_blocks {
             if self.done.iter().all(|&d| d) {
                 break;
@@ -68,20 +66,11 @@ impl OrderedRun<'_> {
                 } else {
                     dec.ordered_reference(self.seqs, &prompt_rows, &history, &queries)
                 };
-                // The observer sees `[rows, b, vocab]` with the queried positions filled.
-                expanded.clear();
-                expanded.resize(dec.rows * b * vocab, f32::NEG_INFINITY);
-                for r in 0..dec.rows {
-                    for (q, &p) in group.iter().enumerate() {
-                        let src = (r * group.len() + q) * vocab;
-                        let dst = (r * b + p) * vocab;
-                        expanded[dst..dst + vocab].copy_from_slice(&logits[src..src + vocab]);
-                    }
-                }
                 observe(&StepView {
                     block: blk,
                     sequences: self.seqs,
-                    logits: &expanded,
+                    logits: &logits,
+                    queried: Some(group),
                 });
                 for i in (0..n).filter(|&i| !self.done[i]) {
                     // Each token is drawn under the constraint given everything committed so
@@ -127,17 +116,16 @@ impl<B: Backend> Decoder<'_, B> {
         let with_cond = self.cond_pending && self.has_cond;
         self.cond_pending = false;
         self.pending_spans.clear();
-        let cache = std::mem::take(&mut self.cache);
-        let (logits, cache) = self.ordered_forward(
+        let (logits, kvs, clean) = self.ordered_forward(
             seqs,
             prompt.as_deref(),
             with_cond,
             content,
             queries,
-            cache,
-            true,
+            &self.cache,
         );
-        self.cache = cache;
+        self.cache.append(&kvs, 0, clean);
+        self.nfe += 1;
         logits
     }
 
@@ -151,31 +139,31 @@ impl<B: Backend> Decoder<'_, B> {
         queries: &[usize],
     ) -> Vec<f32> {
         let prompt = (!prompt.is_empty()).then_some(prompt);
-        let (logits, _) = self.ordered_forward(
+        let (logits, _, _) = self.ordered_forward(
             seqs,
             prompt,
             self.has_cond,
             history,
             queries,
-            KvCache::new(),
-            false,
+            &KvCache::new(),
         );
+        self.nfe += 1;
         logits
     }
 
-    #[allow(clippy::too_many_arguments)]
+    /// The forward pass of an ordered call over `cache`. Returns the queries' logits, the
+    /// call's keys and values, and how many of their positions (condition, prompt, content)
+    /// are clean and belong in the cache.
     fn ordered_forward(
-        &mut self,
+        &self,
         seqs: &[Vec<u32>],
         prompt: Option<&[Vec<u32>]>,
         with_cond: bool,
         content: &[usize],
         queries: &[usize],
-        mut cache: KvCache<B>,
-        append: bool,
-    ) -> (Vec<f32>, KvCache<B>) {
+        cache: &KvCache<B>,
+    ) -> (Vec<f32>, Vec<LayerKv<B>>, usize) {
         let (n, rows) = (self.n, self.rows);
-        self.nfe += 1;
         let p_len = prompt.map_or(0, |p| p[0].len());
         let width = p_len + content.len() + queries.len();
         let mut toks = Vec::with_capacity(rows * width);
@@ -209,10 +197,7 @@ impl<B: Backend> Decoder<'_, B> {
         };
         let (logits, kvs) =
             self.model
-                .forward_range(input, Some(&cache), p_len + content.len(), queries.len());
-        if append {
-            cache.append(&kvs, 0, ctx + content.len());
-        }
-        (to_vec(logits), cache)
+                .forward_range(input, Some(cache), p_len + content.len(), queries.len());
+        (to_vec(logits), kvs, ctx + content.len())
     }
 }
