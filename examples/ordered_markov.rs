@@ -4,7 +4,9 @@
 //! same weights. `cargo run --release --example ordered_markov -- [small|full] BLOCK [STEPS [MAX_PARALLEL
 //! [STRIPES [CHECKPOINT_DIR [REPEATS]]]]]` (stripes 0 = the dilated order; the
 //! checkpoint is loaded when present, else written after training; `[REPEATS]` samples per
-//! policy follow it, default 20).
+//! policy follow it, default 20). Environment knobs for ablations: `ORDERED_D_MODEL`,
+//! `ORDERED_LAYERS`, `ORDERED_LR`, `ORDERED_BATCH` override the task's model width, depth,
+//! peak learning rate and batch size.
 
 use blockdiff_core::bench::{fit_markov_ordered, measure_decoding, quality_tolerance, MarkovTask};
 use blockdiff_core::checkpoint;
@@ -21,6 +23,19 @@ fn main() {
     let block: usize = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(32);
     if let Some(steps) = args.get(2).and_then(|a| a.parse().ok()) {
         task.steps = steps;
+    }
+    let knob = |name: &str| std::env::var(name).ok().and_then(|v| v.parse::<f64>().ok());
+    if let Some(d) = knob("ORDERED_D_MODEL") {
+        task.d_model = d as usize;
+    }
+    if let Some(l) = knob("ORDERED_LAYERS") {
+        task.n_layers = l as usize;
+    }
+    if let Some(lr) = knob("ORDERED_LR") {
+        task.lr = lr;
+    }
+    if let Some(b) = knob("ORDERED_BATCH") {
+        task.batch_size = b as usize;
     }
     let h = task.source().sequence_entropy_per_token(task.seq_len);
     let max_parallel: usize = args.get(3).and_then(|a| a.parse().ok()).unwrap_or(8);
@@ -93,7 +108,7 @@ fn decode(
         .into_iter()
         .filter(|&k| k <= block)
         .map(|k| (k, 1.0f32))
-        .chain([(8, 0.95), (8, 0.9), (8, 0.8)]);
+        .chain([(8, 0.95), (8, 0.9), (8, 0.85), (8, 0.8)]);
     for (k, top_p) in runs {
         let cfg = SamplerConfig {
             block_size: block,

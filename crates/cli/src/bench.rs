@@ -162,7 +162,7 @@ pub struct AllArgs {
     /// Write every result as one JSON here.
     #[arg(long)]
     pub json: Option<PathBuf>,
-    /// Size of the core Markov task and of the twin's model.
+    /// Size of the core Markov task (core and samplers benches) and of the twin's model.
     #[arg(long, value_enum, default_value_t = TaskSize::Small)]
     pub task: TaskSize,
     /// Sampling calls per core configuration (medians are reported).
@@ -186,6 +186,18 @@ pub struct AllArgs {
     /// Python with torch for the twin (see `bench twin --python`).
     #[arg(long)]
     pub python: Option<PathBuf>,
+    /// Folder of the ordered-objective model that the core and samplers benches both use:
+    /// loaded when it holds one, else trained by the first of them and written there (so it
+    /// is trained once). Without it the core bench runs no ordered policy and the samplers
+    /// bench trains its own ordered model.
+    #[arg(long)]
+    pub ordered_checkpoint: Option<PathBuf>,
+    /// Block size of the ordered model's order.
+    #[arg(long, default_value_t = 64)]
+    pub ordered_block: usize,
+    /// Stripes of the ordered model's order (0 = dilated).
+    #[arg(long, default_value_t = 8)]
+    pub ordered_stripes: usize,
 }
 
 /// Host facts recorded with every result.
@@ -293,6 +305,33 @@ fn s(p: &Path) -> String {
     p.display().to_string()
 }
 
+/// The `blockdiff bench samplers` command line `bench all` runs: its task size and, when given,
+/// the ordered checkpoint shared with the core bench.
+fn samplers_bench_args(args: &AllArgs, json: &Path) -> Vec<String> {
+    let mut v: Vec<String> = [
+        "bench",
+        "samplers",
+        "--task",
+        args.task.name(),
+        "--repeats",
+        &args.repeats.to_string(),
+        "--json",
+        &s(json),
+        "--png",
+        &s(&args.dir.join("samplers.png")),
+        "--ordered-block",
+        &args.ordered_block.to_string(),
+        "--ordered-stripes",
+        &args.ordered_stripes.to_string(),
+    ]
+    .map(String::from)
+    .to_vec();
+    if let Some(d) = &args.ordered_checkpoint {
+        v.extend(["--ordered-checkpoint".to_string(), s(d)]);
+    }
+    v
+}
+
 pub fn all(args: AllArgs) -> Result<()> {
     std::fs::create_dir_all(&args.dir)
         .with_context(|| format!("creating {}", args.dir.display()))?;
@@ -300,7 +339,9 @@ pub fn all(args: AllArgs) -> Result<()> {
     let mut out = json!({
         "machine": machine(),
         "commit": commit(),
-        "config": { "task": task, "repeats": args.repeats },
+        "config": { "task": task, "repeats": args.repeats,
+                    "ordered_checkpoint": args.ordered_checkpoint.as_ref().map(|d| s(d)),
+                    "ordered_order": [args.ordered_block, args.ordered_stripes] },
     });
     let mut core = None;
     out["core"] = with_peak(|| {
@@ -309,7 +350,9 @@ pub fn all(args: AllArgs) -> Result<()> {
             task,
             args.repeats,
             BenchDevice::Cpu,
-            None,
+            args.ordered_checkpoint
+                .clone()
+                .map(|d| (d, (args.ordered_block, args.ordered_stripes))),
         )?;
         let v = serde_json::to_value(&r)?;
         core = Some(r);
@@ -354,25 +397,8 @@ pub fn all(args: AllArgs) -> Result<()> {
         .map(String::from),
         &j("traj"),
     );
-    let repeats = args.repeats.to_string();
-    out["samplers"] = domain_bench(
-        "samplers",
-        None,
-        &[
-            "bench",
-            "samplers",
-            "--task",
-            "small",
-            "--repeats",
-            &repeats,
-            "--json",
-            &s(&j("samplers")),
-            "--png",
-            &s(&args.dir.join("samplers.png")),
-        ]
-        .map(String::from),
-        &j("samplers"),
-    );
+    let samplers_args = samplers_bench_args(&args, &j("samplers"));
+    out["samplers"] = domain_bench("samplers", None, &samplers_args, &j("samplers"));
     out["traj_samplers"] = domain_bench(
         "traj_samplers",
         need(&[td.clone(), tc.clone()], "run `blockdiff traj demo` first"),
@@ -525,4 +551,59 @@ pub fn all(args: AllArgs) -> Result<()> {
         println!("wrote {}", path.display());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn all_args(cmdline: &[&str]) -> AllArgs {
+        let cli = Cli::try_parse_from(cmdline).expect("bench all parses");
+        match cli.command {
+            crate::Command::Bench {
+                which: crate::BenchCommand::All(a),
+            } => a,
+            _ => panic!("not bench all"),
+        }
+    }
+
+    /// `bench all`'s size and ordered checkpoint reach the samplers bench as flags it accepts.
+    #[test]
+    fn samplers_command_carries_task_and_ordered_checkpoint() {
+        let a = all_args(&[
+            "blockdiff",
+            "bench",
+            "all",
+            "--task",
+            "full",
+            "--ordered-checkpoint",
+            "ck/ordered",
+            "--ordered-stripes",
+            "4",
+        ]);
+        let line = samplers_bench_args(&a, Path::new("x.json"));
+        let cli = Cli::try_parse_from(std::iter::once("blockdiff".to_string()).chain(line))
+            .expect("the samplers command line parses");
+        let crate::Command::Bench {
+            which:
+                crate::BenchCommand::Samplers {
+                    task,
+                    ordered_checkpoint,
+                    ordered_stripes,
+                    ordered_block,
+                    ..
+                },
+        } = cli.command
+        else {
+            panic!("not bench samplers");
+        };
+        assert!(matches!(task, crate::SamplerTask::Full));
+        assert_eq!(ordered_checkpoint, Some(PathBuf::from("ck/ordered")));
+        assert_eq!((ordered_block, ordered_stripes), (64, 4));
+        // Without the flag the samplers bench trains its own ordered model.
+        let a = all_args(&["blockdiff", "bench", "all"]);
+        let line = samplers_bench_args(&a, Path::new("x.json"));
+        assert!(!line.iter().any(|f| f == "--ordered-checkpoint"));
+        assert_eq!(line[3], "small");
+    }
 }

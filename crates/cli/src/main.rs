@@ -210,6 +210,14 @@ enum TaskSize {
 }
 
 impl TaskSize {
+    /// The command-line spelling (`bench all` passes it on to `bench samplers`).
+    fn name(self) -> &'static str {
+        match self {
+            TaskSize::Small => "small",
+            TaskSize::Full => "full",
+        }
+    }
+
     fn task(self) -> MarkovTask {
         match self {
             TaskSize::Small => MarkovTask::small(),
