@@ -5,8 +5,8 @@
 //! [STRIPES [CHECKPOINT_DIR [REPEATS]]]]]` (stripes 0 = the dilated order; the
 //! checkpoint is loaded when present, else written after training; `[REPEATS]` samples per
 //! policy follow it, default 20). Environment knobs for ablations: `ORDERED_D_MODEL`,
-//! `ORDERED_LAYERS`, `ORDERED_LR`, `ORDERED_BATCH` override the task's model width, depth,
-//! peak learning rate and batch size.
+//! `ORDERED_LAYERS`, `ORDERED_LR`, `ORDERED_BATCH`, `ORDERED_N_TRAIN` override the task's model
+//! width, depth, peak learning rate, batch size and training-set size.
 
 use blockdiff_core::bench::{fit_markov_ordered, measure_decoding, quality_tolerance, MarkovTask};
 use blockdiff_core::checkpoint;
@@ -33,6 +33,9 @@ fn main() {
     }
     if let Some(lr) = knob("ORDERED_LR") {
         task.lr = lr;
+    }
+    if let Some(n) = knob("ORDERED_N_TRAIN") {
+        task.n_train = n as usize;
     }
     if let Some(b) = knob("ORDERED_BATCH") {
         task.batch_size = b as usize;

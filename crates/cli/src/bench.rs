@@ -198,6 +198,11 @@ pub struct AllArgs {
     /// Stripes of the ordered model's order (0 = dilated).
     #[arg(long, default_value_t = 8)]
     pub ordered_stripes: usize,
+    /// Folder of the Markov task's trained models (block, uniform) that the core and samplers
+    /// benches share: each is loaded when present (trained on the same task), else trained once
+    /// and written there. Without it each bench trains its own.
+    #[arg(long)]
+    pub markov_checkpoints: Option<PathBuf>,
 }
 
 /// Host facts recorded with every result.
@@ -329,6 +334,9 @@ fn samplers_bench_args(args: &AllArgs, json: &Path) -> Vec<String> {
     if let Some(d) = &args.ordered_checkpoint {
         v.extend(["--ordered-checkpoint".to_string(), s(d)]);
     }
+    if let Some(d) = &args.markov_checkpoints {
+        v.extend(["--markov-checkpoints".to_string(), s(d)]);
+    }
     v
 }
 
@@ -353,6 +361,7 @@ pub fn all(args: AllArgs) -> Result<()> {
             args.ordered_checkpoint
                 .clone()
                 .map(|d| (d, (args.ordered_block, args.ordered_stripes))),
+            args.markov_checkpoints.as_deref(),
         )?;
         let v = serde_json::to_value(&r)?;
         core = Some(r);
@@ -580,6 +589,8 @@ mod tests {
             "ck/ordered",
             "--ordered-stripes",
             "4",
+            "--markov-checkpoints",
+            "ck/markov",
         ]);
         let line = samplers_bench_args(&a, Path::new("x.json"));
         let cli = Cli::try_parse_from(std::iter::once("blockdiff".to_string()).chain(line))
@@ -591,6 +602,7 @@ mod tests {
                     ordered_checkpoint,
                     ordered_stripes,
                     ordered_block,
+                    markov_checkpoints,
                     ..
                 },
         } = cli.command
@@ -600,10 +612,13 @@ mod tests {
         assert!(matches!(task, crate::SamplerTask::Full));
         assert_eq!(ordered_checkpoint, Some(PathBuf::from("ck/ordered")));
         assert_eq!((ordered_block, ordered_stripes), (64, 4));
+        assert_eq!(markov_checkpoints, Some(PathBuf::from("ck/markov")));
         // Without the flag the samplers bench trains its own ordered model.
         let a = all_args(&["blockdiff", "bench", "all"]);
         let line = samplers_bench_args(&a, Path::new("x.json"));
-        assert!(!line.iter().any(|f| f == "--ordered-checkpoint"));
+        assert!(!line
+            .iter()
+            .any(|f| f == "--ordered-checkpoint" || f == "--markov-checkpoints"));
         assert_eq!(line[3], "small");
     }
 }

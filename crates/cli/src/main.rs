@@ -1,6 +1,6 @@
 //! `blockdiff`: the command-line front end. Thin: every subcommand calls into the library crates.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use blockdiff_core::bench::{fit_markov, markdown_table, run_core_bench, MarkovTask};
@@ -110,6 +110,11 @@ enum BenchCommand {
         /// Stripes of the ordered model's order (0 = dilated).
         #[arg(long, default_value_t = 8)]
         ordered_stripes: usize,
+        /// Folder of the Markov task's trained models (`block/`): each is loaded when
+        /// present (and trained on the same task), else trained and written there, so re-runs
+        /// skip training (the training figures are then the stored run's).
+        #[arg(long)]
+        markov_checkpoints: Option<PathBuf>,
     },
     /// Every decoding policy (threshold sweep, S2D2, DCD, ARPC, FlashBlock, uniform kernel)
     /// on the Markov task or the trajectory benchmark: NFE, wall-clock and quality;
@@ -144,6 +149,11 @@ enum BenchCommand {
         /// training (a full-size model trains for half an hour on 2 cores).
         #[arg(long)]
         ordered_checkpoint: Option<PathBuf>,
+        /// Markov: folder of the Markov task's trained models (`block/`, `uniform/`): each is loaded when
+        /// present (and trained on the same task), else trained and written there, so re-runs
+        /// skip training (the training figures are then the stored run's).
+        #[arg(long)]
+        markov_checkpoints: Option<PathBuf>,
         /// Traj: folder with the network, `val.csv` and `test.csv`.
         #[arg(long, default_value = "out/traj-demo/data")]
         data: PathBuf,
@@ -264,6 +274,7 @@ fn run(command: Command) -> Result<()> {
                     ordered_block,
                     ordered_stripes,
                     ordered_checkpoint,
+                    markov_checkpoints,
                     data,
                     checkpoint,
                     uniform_checkpoint,
@@ -280,7 +291,13 @@ fn run(command: Command) -> Result<()> {
                     };
                     let ordered = (!no_ordered)
                         .then_some(((ordered_block, ordered_stripes), ordered_checkpoint));
-                    markov_samplers(task, repeats, !no_uniform, ordered)?
+                    markov_samplers(
+                        task,
+                        repeats,
+                        !no_uniform,
+                        ordered,
+                        markov_checkpoints.as_deref(),
+                    )?
                 }
                 SamplerTask::Traj => traj::sampler_bench(
                     &data,
@@ -310,6 +327,7 @@ fn run(command: Command) -> Result<()> {
                     ordered_checkpoint,
                     ordered_block,
                     ordered_stripes,
+                    markov_checkpoints,
                 },
         } => {
             let mut task = task.task();
@@ -336,7 +354,15 @@ fn run(command: Command) -> Result<()> {
                 )
             })?;
             let ordered = ordered_checkpoint.map(|d| (d, (ordered_block, ordered_stripes)));
-            bench_core(json, task, repeats, device, ordered).map(|_| ())
+            bench_core(
+                json,
+                task,
+                repeats,
+                device,
+                ordered,
+                markov_checkpoints.as_deref(),
+            )
+            .map(|_| ())
         }
     }
 }
@@ -348,10 +374,10 @@ fn bench_core(
     repeats: usize,
     device: bench::BenchDevice,
     ordered: Option<(PathBuf, (usize, usize))>,
+    markov_checkpoints: Option<&Path>,
 ) -> Result<blockdiff_core::bench::CoreBenchReport> {
     bench::ensure_device(device)?;
-    eprintln!("training the Markov task model ({} steps)...", task.steps);
-    let (model, fit) = fit_markov(&task, true);
+    let (model, fit) = markov_model(&task, markov_checkpoints)?;
     let ordered_model = match &ordered {
         Some((dir, order)) => {
             let (m, _) = ordered_markov_model(&task, *order, Some(dir))?;
@@ -435,15 +461,17 @@ fn markov_samplers(
     repeats: usize,
     uniform: bool,
     ordered: Option<((usize, usize), Option<PathBuf>)>,
+    markov_checkpoints: Option<&Path>,
 ) -> Result<blockdiff_core::sampler_bench::SamplerBenchReport> {
-    eprintln!("training the Markov task model ({} steps)...", task.steps);
-    let (model, fit) = fit_markov(&task, true);
+    let (model, fit) = markov_model(&task, markov_checkpoints)?;
     let uniform_model = if uniform {
-        eprintln!(
-            "training the uniform-kernel model ({} steps)...",
-            task.steps
-        );
-        Some(blockdiff_core::bench::fit_markov_uniform(&task, true))
+        eprintln!("the uniform-kernel model ({} steps)...", task.steps);
+        Some(match markov_checkpoints {
+            Some(d) => {
+                blockdiff_core::bench::load_or_fit_markov_uniform(&task, &d.join("uniform"), true)?
+            }
+            None => blockdiff_core::bench::fit_markov_uniform(&task, true),
+        })
     } else {
         None
     };
@@ -460,6 +488,22 @@ fn markov_samplers(
         fit.true_entropy,
         repeats.max(1),
     ))
+}
+
+/// The Markov task's block model of `bench core` / `bench samplers`: loaded from (or trained
+/// and written to) `dir/block`, or trained in the run.
+fn markov_model(
+    task: &MarkovTask,
+    dir: Option<&Path>,
+) -> Result<(
+    blockdiff_core::model::BlockDiffusionModel<blockdiff_core::CpuBackend>,
+    blockdiff_core::bench::MarkovFit,
+)> {
+    eprintln!("the Markov task model ({} steps)...", task.steps);
+    Ok(match dir {
+        Some(d) => blockdiff_core::bench::load_or_fit_markov(task, &d.join("block"), true)?,
+        None => fit_markov(task, true),
+    })
 }
 
 /// The ordered-objective model of `bench core` / `bench samplers`: loaded from (or trained and

@@ -236,8 +236,14 @@ pub fn fit_markov(
     progress: bool,
 ) -> (BlockDiffusionModel<CpuBackend>, MarkovFit) {
     let t = train_task(task, task.train_config().with_progress(progress));
+    let fit = markov_fit(&t, task);
+    (t.model, fit)
+}
+
+/// The held-out fit of a block model (its training report as recorded in `t`).
+fn markov_fit(t: &Trained, task: &MarkovTask) -> MarkovFit {
     let src = task.source();
-    let fit = MarkovFit {
+    MarkovFit {
         true_entropy: src.sequence_entropy_per_token(task.seq_len),
         entropy_rate: src.entropy_rate(),
         val_nelbo_block: t.evaluate(task.block_size, Noise::Random, 4),
@@ -249,8 +255,7 @@ pub fn fit_markov(
             .map(|&b| (b, t.evaluate(b, Noise::Random, 4)))
             .collect(),
         train: t.report.clone(),
-    };
-    (t.model, fit)
+    }
 }
 
 /// Trains the task's model with the uniform-state kernel ([`NoiseKernel::Uniform`]) on the
@@ -259,13 +264,27 @@ pub fn fit_markov_uniform(
     task: &MarkovTask,
     progress: bool,
 ) -> (BlockDiffusionModel<CpuBackend>, f64) {
-    let cfg = task
-        .train_config()
-        .with_kernel(NoiseKernel::Uniform)
-        .with_progress(progress);
-    let t = train_task(task, cfg);
-    let loss = t.evaluate(task.block_size, Noise::Random, 2);
-    (t.model, loss)
+    let t = train_task(task, uniform_train_config(task).with_progress(progress));
+    let fit = uniform_fit(&t, task);
+    (t.model, fit.val_loss)
+}
+
+/// The task's training config for the uniform-state kernel.
+fn uniform_train_config(task: &MarkovTask) -> TrainConfig {
+    task.train_config().with_kernel(NoiseKernel::Uniform)
+}
+
+/// The held-out loss of a uniform-kernel model.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct UniformFit {
+    /// Cross-entropy of the denoiser at the task's block size.
+    val_loss: f64,
+}
+
+fn uniform_fit(t: &Trained, task: &MarkovTask) -> UniformFit {
+    UniformFit {
+        val_loss: t.evaluate(task.block_size, Noise::Random, 2),
+    }
 }
 
 /// Held-out losses of a model trained with the ordered objective.
@@ -327,10 +346,131 @@ fn ordered_train_config(
         .with_ordered_stripes(stripes)
 }
 
-/// [`fit_markov_ordered`] with a checkpoint folder: when `dir` holds a checkpoint and its
-/// `ordered_fit.json`, both are loaded (no training); otherwise the model is trained and
-/// written there. A full-size model takes half an hour to train on 2 cores, so benchmark
-/// re-runs reuse it.
+/// What a Markov benchmark checkpoint folder holds next to the weights, in its fit file: the
+/// task the model was trained on and its held-out fit.
+#[derive(Serialize, Deserialize)]
+struct SavedFit<F> {
+    /// The task; absent in folders written before it was recorded (then not checked).
+    #[serde(default)]
+    task: Option<MarkovTask>,
+    #[serde(flatten)]
+    fit: F,
+}
+
+/// The fields in which two tasks differ (empty when they are the same).
+fn task_differences(a: &MarkovTask, b: &MarkovTask) -> Vec<String> {
+    let (a, b) = (serde_json::to_value(a), serde_json::to_value(b));
+    match (a, b) {
+        (Ok(serde_json::Value::Object(a)), Ok(serde_json::Value::Object(b))) => a
+            .iter()
+            .filter(|(k, v)| b.get(k.as_str()) != Some(v))
+            .map(|(k, _)| k.clone())
+            .collect(),
+        _ => vec!["(unreadable)".into()],
+    }
+}
+
+/// Trains the task's model under `train_cfg` and measures it with `fit`, or loads both from
+/// `dir`: when `dir` holds a checkpoint and its `fit_file`, both are loaded (no training; a
+/// model of another task, or one `check` rejects, is a typed error); a checkpoint without its
+/// fit file is evaluated; otherwise the model is trained and written there. Full-size models
+/// take 20 minutes each to train on 2 cores, so benchmark re-runs reuse them.
+fn load_or_fit<F: Serialize + serde::de::DeserializeOwned>(
+    task: &MarkovTask,
+    dir: &std::path::Path,
+    fit_file: &str,
+    train_cfg: TrainConfig,
+    fit: impl Fn(&Trained) -> F,
+    check: impl Fn(&F) -> Option<String>,
+) -> Result<(BlockDiffusionModel<CpuBackend>, F), crate::error::CheckpointError> {
+    use crate::error::CheckpointError;
+    let fit_path = dir.join(fit_file);
+    let mismatch = |message: String| CheckpointError::Config {
+        path: fit_path.clone(),
+        message,
+    };
+    train_cfg.validate().map_err(|e| mismatch(e.to_string()))?;
+    if fit_path.exists() {
+        let saved: SavedFit<F> = crate::checkpoint::read_json(&fit_path)?;
+        if let Some(saved_task) = &saved.task {
+            let differ = task_differences(saved_task, task);
+            if !differ.is_empty() {
+                return Err(mismatch(format!(
+                    "holds a model of another task configuration (differs in {}); use another folder or delete it",
+                    differ.join(", ")
+                )));
+            }
+        }
+        if let Some(message) = check(&saved.fit) {
+            return Err(mismatch(message));
+        }
+        let c = crate::checkpoint::load::<CpuBackend>(dir, &Default::default())?;
+        return Ok((c.model, saved.fit));
+    }
+    let t = if dir.join(crate::checkpoint::CONFIG_FILE).exists() {
+        // A checkpoint without its fit (e.g. from `examples/ordered_markov.rs`): evaluate it.
+        let c = crate::checkpoint::load::<CpuBackend>(dir, &Default::default())?;
+        Trained {
+            model: c.model,
+            model_cfg: c.config,
+            train_cfg,
+            val: task.data().1,
+            report: TrainReport::default(),
+        }
+    } else {
+        let t = train_task(task, train_cfg);
+        std::fs::create_dir_all(dir).map_err(|e| CheckpointError::Io {
+            path: dir.to_path_buf(),
+            source: e,
+        })?;
+        crate::checkpoint::save(dir, &t.model, &t.model_cfg, &Default::default())?;
+        t
+    };
+    let saved = SavedFit {
+        task: Some(task.clone()),
+        fit: fit(&t),
+    };
+    crate::checkpoint::write_json(&fit_path, &saved)?;
+    Ok((t.model, saved.fit))
+}
+
+/// [`fit_markov`] with a checkpoint folder (see [`load_or_fit`]; the fit is `fit.json`).
+pub fn load_or_fit_markov(
+    task: &MarkovTask,
+    dir: &std::path::Path,
+    progress: bool,
+) -> Result<(BlockDiffusionModel<CpuBackend>, MarkovFit), crate::error::CheckpointError> {
+    let cfg = task.train_config().with_progress(progress);
+    load_or_fit(
+        task,
+        dir,
+        "fit.json",
+        cfg,
+        |t| markov_fit(t, task),
+        |_| None,
+    )
+}
+
+/// [`fit_markov_uniform`] with a checkpoint folder (`uniform_fit.json`).
+pub fn load_or_fit_markov_uniform(
+    task: &MarkovTask,
+    dir: &std::path::Path,
+    progress: bool,
+) -> Result<(BlockDiffusionModel<CpuBackend>, f64), crate::error::CheckpointError> {
+    let cfg = uniform_train_config(task).with_progress(progress);
+    let (model, fit) = load_or_fit(
+        task,
+        dir,
+        "uniform_fit.json",
+        cfg,
+        |t| uniform_fit(t, task),
+        |_| None,
+    )?;
+    Ok((model, fit.val_loss))
+}
+
+/// [`fit_markov_ordered`] with a checkpoint folder (`ordered_fit.json`; a model of another
+/// order is a typed error).
 pub fn load_or_fit_markov_ordered(
     task: &MarkovTask,
     order: (usize, usize),
@@ -338,48 +478,22 @@ pub fn load_or_fit_markov_ordered(
     dir: &std::path::Path,
     progress: bool,
 ) -> Result<(BlockDiffusionModel<CpuBackend>, OrderedFit), crate::error::CheckpointError> {
-    let fit_path = dir.join("ordered_fit.json");
-    if fit_path.exists() {
-        let fit: OrderedFit = crate::checkpoint::read_json(&fit_path)?;
-        if (fit.block, fit.stripes) != order {
-            return Err(crate::error::CheckpointError::Config {
-                path: fit_path,
-                message: format!(
+    let cfg = ordered_train_config(task, order, max_parallel).with_progress(progress);
+    load_or_fit(
+        task,
+        dir,
+        "ordered_fit.json",
+        cfg,
+        |t| ordered_fit(t, order),
+        |fit: &OrderedFit| {
+            ((fit.block, fit.stripes) != order).then(|| {
+                format!(
                     "holds an ordered model of block {} with {} stripes, not block {} with {}",
                     fit.block, fit.stripes, order.0, order.1
-                ),
-            });
-        }
-        let c = crate::checkpoint::load::<CpuBackend>(dir, &Default::default())?;
-        return Ok((c.model, fit));
-    }
-    if dir.join(crate::checkpoint::CONFIG_FILE).exists() {
-        // A checkpoint without its fit (e.g. from `examples/ordered_markov.rs`): evaluate it.
-        let c = crate::checkpoint::load::<CpuBackend>(dir, &Default::default())?;
-        let t = Trained {
-            model: c.model,
-            model_cfg: c.config,
-            train_cfg: ordered_train_config(task, order, max_parallel),
-            val: task.data().1,
-            report: TrainReport::default(),
-        };
-        let fit = ordered_fit(&t, order);
-        crate::checkpoint::write_json(&fit_path, &fit)?;
-        return Ok((t.model, fit));
-    }
-    let (model, fit) = fit_markov_ordered(task, order, max_parallel, progress).map_err(|e| {
-        crate::error::CheckpointError::Config {
-            path: dir.to_path_buf(),
-            message: e.to_string(),
-        }
-    })?;
-    std::fs::create_dir_all(dir).map_err(|e| crate::error::CheckpointError::Io {
-        path: dir.to_path_buf(),
-        source: e,
-    })?;
-    crate::checkpoint::save(dir, &model, &task.model_config(), &Default::default())?;
-    crate::checkpoint::write_json(&fit_path, &fit)?;
-    Ok((model, fit))
+                )
+            })
+        },
+    )
 }
 
 /// The equal-quality band around the source's entropy `h`: the larger of 5% of it and the
