@@ -8,7 +8,9 @@
 //! `ORDERED_LAYERS`, `ORDERED_LR`, `ORDERED_BATCH`, `ORDERED_N_TRAIN` override the task's model
 //! width, depth, peak learning rate, batch size and training-set size.
 
-use blockdiff_core::bench::{fit_markov_ordered, measure_decoding, quality_tolerance, MarkovTask};
+use blockdiff_core::bench::{
+    fit_markov_ordered, measure_decoding, quality_tolerance, MarkovTask, Repeats,
+};
 use blockdiff_core::checkpoint;
 use blockdiff_core::model::BlockDiffusionModel;
 use blockdiff_core::sample::{CommitPolicy, SamplerConfig};
@@ -128,7 +130,11 @@ fn by_offset(
     let total: f64 = per_pos.iter().sum();
     println!("in-order NLL by offset in a stripe (entropy {h:.4} per token; total excess {:.1} nats per sequence):", total - h * per_pos.len() as f64);
     for (o, (sum, n)) in sums.iter().enumerate() {
-        println!("  offset {o}: {:.4} nats ({} positions)", sum / *n as f64, n);
+        println!(
+            "  offset {o}: {:.4} nats ({} positions)",
+            sum / *n as f64,
+            n
+        );
     }
 }
 
@@ -145,7 +151,7 @@ fn decode(
         ..SamplerConfig::autoregressive(task.seq_len)
     };
     // AR-mode calls on these weights: the cost of left-to-right decoding (1 row per call).
-    let ar = measure_decoding(model, task, "ar", &ar_cfg, 1, repeats);
+    let ar = measure_decoding(model, task, "ar", &ar_cfg, 1, Repeats::new(repeats));
     let tol = quality_tolerance(h, h);
     println!("| policy | NFE | wall ms | x AR-call time | sample NLL | in band (±{tol:.3}) |");
     println!("|---|---|---|---|---|---|");
@@ -172,7 +178,7 @@ fn decode(
             },
             ..SamplerConfig::default()
         };
-        let r = measure_decoding(model, task, "ordered", &cfg, 1, repeats);
+        let r = measure_decoding(model, task, "ordered", &cfg, 1, Repeats::new(repeats));
         println!(
             "| ordered({k}), top-p {top_p} | {:.0} | {:.2} | {:.2} | {:.4} | {} |",
             r.nfe,

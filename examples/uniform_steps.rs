@@ -1,7 +1,7 @@
 //! Uniform-kernel decoding quality against the number of reverse steps per block (Markov task,
 //! small): `cargo run --release --example uniform_steps`.
 
-use blockdiff_core::bench::{fit_markov_uniform, measure_decoding, MarkovTask};
+use blockdiff_core::bench::{fit_markov_uniform, measure_decoding, MarkovTask, Repeats};
 use blockdiff_core::sample::{CommitPolicy, SamplerConfig};
 
 fn main() {
@@ -21,7 +21,17 @@ fn main() {
             },
             ..SamplerConfig::default()
         };
-        let r = measure_decoding(&model, &task, "uniform", &cfg, 8, 2);
+        let r = measure_decoding(
+            &model,
+            &task,
+            "uniform",
+            &cfg,
+            8,
+            Repeats {
+                calls: 2,
+                min_samples: 0,
+            },
+        );
         println!(
             "steps {steps} corrector {k}x{rounds}: NFE {:.0}, sample NLL {:.3}",
             r.nfe, r.sample_nll

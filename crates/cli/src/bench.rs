@@ -168,6 +168,9 @@ pub struct AllArgs {
     /// Sampling calls per core configuration (medians are reported).
     #[arg(long, default_value_t = 10)]
     pub repeats: usize,
+    /// At least this many samples per core and samplers configuration for its sample NLL.
+    #[arg(long, default_value_t = blockdiff_core::bench::Repeats::MIN_SAMPLES)]
+    pub min_samples: usize,
     /// `blockdiff traj demo --out` folder (its `data/` and `checkpoint/`).
     #[arg(long, default_value = "out/traj-demo")]
     pub traj: PathBuf,
@@ -320,6 +323,8 @@ fn samplers_bench_args(args: &AllArgs, json: &Path) -> Vec<String> {
         args.task.name(),
         "--repeats",
         &args.repeats.to_string(),
+        "--min-samples",
+        &args.min_samples.to_string(),
         "--json",
         &s(json),
         "--png",
@@ -347,7 +352,7 @@ pub fn all(args: AllArgs) -> Result<()> {
     let mut out = json!({
         "machine": machine(),
         "commit": commit(),
-        "config": { "task": task, "repeats": args.repeats,
+        "config": { "task": task, "repeats": args.repeats, "min_samples": args.min_samples,
                     "ordered_checkpoint": args.ordered_checkpoint.as_ref().map(|d| s(d)),
                     "ordered_order": [args.ordered_block, args.ordered_stripes] },
     });
@@ -356,7 +361,10 @@ pub fn all(args: AllArgs) -> Result<()> {
         let r = crate::bench_core(
             Some(args.dir.join("core.json")),
             task,
-            args.repeats,
+            blockdiff_core::bench::Repeats {
+                calls: args.repeats,
+                min_samples: args.min_samples,
+            },
             BenchDevice::Cpu,
             args.ordered_checkpoint
                 .clone()

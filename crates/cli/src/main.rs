@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
-use blockdiff_core::bench::{fit_markov, markdown_table, run_core_bench, MarkovTask};
+use blockdiff_core::bench::{fit_markov, markdown_table, run_core_bench, MarkovTask, Repeats};
 use blockdiff_core::checkpoint;
 use blockdiff_core::condition::Conditioning;
 use blockdiff_core::constraint::SuccessorConstraint;
@@ -80,6 +80,10 @@ enum BenchCommand {
         /// Sampling calls per configuration (median wall-clock is reported).
         #[arg(long, default_value_t = 20)]
         repeats: usize,
+        /// At least this many samples per configuration for its sample NLL (more calls
+        /// are made at small batches; the JSON records each run's count and standard error).
+        #[arg(long, default_value_t = blockdiff_core::bench::Repeats::MIN_SAMPLES)]
+        min_samples: usize,
         /// Training steps (default: the task size's own, 1,500 small / 4,000 full).
         #[arg(long)]
         steps: Option<usize>,
@@ -132,6 +136,10 @@ enum BenchCommand {
         /// Markov: samples per policy (median wall-clock is reported).
         #[arg(long, default_value_t = 20)]
         repeats: usize,
+        /// Markov: At least this many samples per configuration for its sample NLL (more calls
+        /// are made at small batches; the JSON records each run's count and standard error).
+        #[arg(long, default_value_t = blockdiff_core::bench::Repeats::MIN_SAMPLES)]
+        min_samples: usize,
         /// Markov: skip training the uniform-kernel model (and its policies).
         #[arg(long)]
         no_uniform: bool,
@@ -269,6 +277,7 @@ fn run(command: Command) -> Result<()> {
                     png,
                     task,
                     repeats,
+                    min_samples,
                     no_uniform,
                     no_ordered,
                     ordered_block,
@@ -293,7 +302,10 @@ fn run(command: Command) -> Result<()> {
                         .then_some(((ordered_block, ordered_stripes), ordered_checkpoint));
                     markov_samplers(
                         task,
-                        repeats,
+                        Repeats {
+                            calls: repeats,
+                            min_samples,
+                        },
                         !no_uniform,
                         ordered,
                         markov_checkpoints.as_deref(),
@@ -318,6 +330,7 @@ fn run(command: Command) -> Result<()> {
                     json,
                     task,
                     repeats,
+                    min_samples,
                     steps,
                     loss,
                     block_weights,
@@ -357,7 +370,10 @@ fn run(command: Command) -> Result<()> {
             bench_core(
                 json,
                 task,
-                repeats,
+                Repeats {
+                    calls: repeats,
+                    min_samples,
+                },
                 device,
                 ordered,
                 markov_checkpoints.as_deref(),
@@ -371,7 +387,7 @@ fn run(command: Command) -> Result<()> {
 fn bench_core(
     json: Option<PathBuf>,
     task: MarkovTask,
-    repeats: usize,
+    repeats: Repeats,
     device: bench::BenchDevice,
     ordered: Option<(PathBuf, (usize, usize))>,
     markov_checkpoints: Option<&Path>,
@@ -392,7 +408,7 @@ fn bench_core(
             ordered_model.as_ref().map(|(m, o)| (m, *o)),
             &task,
             fit,
-            repeats.max(1),
+            repeats,
         ),
         #[cfg(feature = "cuda")]
         bench::BenchDevice::Cuda => {
@@ -418,7 +434,7 @@ fn bench_core(
                 ordered_gpu.as_ref().map(|(m, o)| (m, *o)),
                 &task,
                 fit,
-                repeats.max(1),
+                repeats,
                 &gpu,
             )
         }
@@ -458,7 +474,7 @@ fn bench_core(
 /// every decoding policy.
 fn markov_samplers(
     task: MarkovTask,
-    repeats: usize,
+    repeats: Repeats,
     uniform: bool,
     ordered: Option<((usize, usize), Option<PathBuf>)>,
     markov_checkpoints: Option<&Path>,
@@ -486,7 +502,7 @@ fn markov_samplers(
         ordered_model.as_ref().map(|(m, f)| (m, f)),
         &task,
         fit.true_entropy,
-        repeats.max(1),
+        repeats,
     ))
 }
 

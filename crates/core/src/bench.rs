@@ -538,16 +538,55 @@ pub struct DecodeRun {
     pub sample_nll: f64,
     /// Generated tokens per second (all sequences).
     pub tokens_per_s: f64,
+    /// Sequences the sample NLL averages over.
+    #[serde(default)]
+    pub samples: usize,
+    /// Standard error of the sample NLL (per-sequence spread / √samples).
+    #[serde(default)]
+    pub sample_nll_se: f64,
 }
 
-/// Samples `batch` sequences `repeats` times and aggregates (CPU backend).
+/// How many sampling calls a measurement makes.
+#[derive(Clone, Copy, Debug)]
+pub struct Repeats {
+    /// Timed calls (the median wall-clock is reported).
+    pub calls: usize,
+    /// At least this many sequences in all: the sample NLL is judged against a band of about
+    /// ±0.05 nats, and one 64-token sequence's NLL spreads by about 0.3, so 10 calls at batch 1
+    /// leave a standard error of 0.1 and the verdict to chance. More calls are made (and
+    /// timed) at small batches to reach it.
+    pub min_samples: usize,
+}
+
+impl Repeats {
+    /// The default quality sample: 128 sequences (standard error about 0.03 nats).
+    pub const MIN_SAMPLES: usize = 128;
+
+    /// `calls` timed calls and at least [`Self::MIN_SAMPLES`] sequences.
+    pub fn new(calls: usize) -> Self {
+        Self {
+            calls,
+            min_samples: Self::MIN_SAMPLES,
+        }
+    }
+
+    /// The calls made at `batch` sequences per call.
+    pub fn calls_at(self, batch: usize) -> usize {
+        self.calls
+            .max(1)
+            .max(self.min_samples.div_ceil(batch.max(1)))
+    }
+}
+
+/// Samples `batch` sequences per call, [`Repeats::calls_at`] times, and aggregates (CPU
+/// backend).
 pub fn measure_decoding(
     model: &BlockDiffusionModel<CpuBackend>,
     task: &MarkovTask,
     name: &str,
     cfg: &SamplerConfig,
     batch: usize,
-    repeats: usize,
+    repeats: Repeats,
 ) -> DecodeRun {
     measure_decoding_on(model, task, name, cfg, batch, repeats, &Default::default())
 }
@@ -561,9 +600,10 @@ pub fn measure_decoding_on<B: Backend>(
     name: &str,
     cfg: &SamplerConfig,
     batch: usize,
-    repeats: usize,
+    repeats: Repeats,
     device: &B::Device,
 ) -> DecodeRun {
+    let calls = repeats.calls_at(batch);
     let mcfg = task.model_config();
     let src = task.source();
     let tok = task.tokenizer();
@@ -571,9 +611,8 @@ pub fn measure_decoding_on<B: Backend>(
     let mut walls = Vec::new();
     let mut tpf = 0.0;
     let mut nfe_total = 0usize;
-    let mut nll = 0.0;
-    let mut count = 0;
-    for r in 0..repeats {
+    let mut nlls = Vec::new();
+    for r in 0..calls {
         let c = SamplerConfig {
             seed: cfg.seed.wrapping_add(r as u64 * 1000),
             ..cfg.clone()
@@ -594,12 +633,14 @@ pub fn measure_decoding_on<B: Backend>(
             let penalty = syms.iter().filter(|&&s| s == usize::MAX).count() as f64
                 * -crate::synthetic::NLL_FLOOR_PROB.ln()
                 / task.seq_len as f64;
-            nll += src.nll_per_token(&ok) + penalty;
-            count += 1;
+            nlls.push(src.nll_per_token(&ok) + penalty);
         }
     }
     let wall = median(walls);
-    let nfe = nfe_total as f64 / repeats as f64;
+    let nfe = nfe_total as f64 / calls as f64;
+    let n = nlls.len() as f64;
+    let mean = nlls.iter().sum::<f64>() / n;
+    let var = nlls.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0).max(1.0);
     DecodeRun {
         name: name.to_string(),
         block_size: cfg.block_size,
@@ -607,8 +648,10 @@ pub fn measure_decoding_on<B: Backend>(
         cache: cfg.use_cache,
         wall_s: wall,
         nfe,
-        tokens_per_forward: tpf / repeats as f64,
-        sample_nll: nll / count as f64,
+        tokens_per_forward: tpf / calls as f64,
+        sample_nll: mean,
+        samples: nlls.len(),
+        sample_nll_se: (var / n).sqrt(),
         tokens_per_s: (batch * task.seq_len) as f64 / wall,
     }
 }
@@ -649,6 +692,10 @@ pub struct CoreBenchReport {
     /// speed-up is against the block model's AR mode.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ordered_order: Option<[usize; 2]>,
+    /// Whether `best_block` met the quality target; when no policy did, it is the closest one
+    /// and the speed-ups are not at equal quality.
+    #[serde(default)]
+    pub best_meets_quality: bool,
 }
 
 /// Candidate block-decoding policies the benchmark sweeps.
@@ -710,7 +757,7 @@ pub fn run_core_bench(
     ordered: Option<(&BlockDiffusionModel<CpuBackend>, (usize, usize))>,
     task: &MarkovTask,
     fit: MarkovFit,
-    repeats: usize,
+    repeats: Repeats,
 ) -> CoreBenchReport {
     run_core_bench_on(model, ordered, task, fit, repeats, &Default::default())
 }
@@ -724,7 +771,7 @@ pub fn run_core_bench_on<B: Backend>(
     ordered: Option<(&BlockDiffusionModel<B>, (usize, usize))>,
     task: &MarkovTask,
     fit: MarkovFit,
-    repeats: usize,
+    repeats: Repeats,
     device: &B::Device,
 ) -> CoreBenchReport {
     let h = fit.true_entropy;
@@ -735,7 +782,11 @@ pub fn run_core_bench_on<B: Backend>(
         ..SamplerConfig::autoregressive(len)
     };
     let ar1 = measure_decoding_on(model, task, "ar", &ar_cfg, 1, repeats, device);
-    let ar16 = measure_decoding_on(model, task, "ar", &ar_cfg, 16, repeats.div_ceil(4), device);
+    let at16 = Repeats {
+        calls: repeats.calls.div_ceil(4),
+        ..repeats
+    };
+    let ar16 = measure_decoding_on(model, task, "ar", &ar_cfg, 16, at16, device);
     let tol = quality_tolerance(h, ar1.sample_nll);
     runs.push(ar1.clone());
     runs.push(ar16.clone());
@@ -788,15 +839,7 @@ pub fn run_core_bench_on<B: Backend>(
         max_len: len,
         ..best_cfg
     };
-    let best16 = measure_decoding_on(
-        best_model,
-        task,
-        &best.name,
-        &best_cfg,
-        16,
-        repeats.div_ceil(4),
-        device,
-    );
+    let best16 = measure_decoding_on(best_model, task, &best.name, &best_cfg, 16, at16, device);
     runs.push(best16.clone());
     let nocache = measure_decoding_on(
         best_model,
@@ -824,6 +867,7 @@ pub fn run_core_bench_on<B: Backend>(
         cache_speedup: nocache.wall_s / best.wall_s,
         backend: B::name(device),
         ordered_order: ordered.map(|(_, (b, s))| [b, s]),
+        best_meets_quality: (best.sample_nll - h).abs() <= tol,
         fit,
         runs,
     }
@@ -832,11 +876,11 @@ pub fn run_core_bench_on<B: Backend>(
 /// The report as a Markdown table.
 pub fn markdown_table(r: &CoreBenchReport) -> String {
     let mut s = String::from(
-        "| decoding | block | batch | cache | wall ms | NFE | tokens/forward | sample NLL (nats) | tokens/s |\n|---|---|---|---|---|---|---|---|---|\n",
+        "| decoding | block | batch | cache | wall ms | NFE | tokens/forward | sample NLL ± s.e. (nats) | tokens/s |\n|---|---|---|---|---|---|---|---|---|\n",
     );
     for x in &r.runs {
         s += &format!(
-            "| {} | {} | {} | {} | {:.2} | {:.1} | {:.2} | {:.3} | {:.0} |\n",
+            "| {} | {} | {} | {} | {:.2} | {:.1} | {:.2} | {:.3} ± {:.3} | {:.0} |\n",
             x.name,
             x.block_size,
             x.batch,
@@ -845,6 +889,7 @@ pub fn markdown_table(r: &CoreBenchReport) -> String {
             x.nfe,
             x.tokens_per_forward,
             x.sample_nll,
+            x.sample_nll_se,
             x.tokens_per_s
         );
     }

@@ -10,7 +10,9 @@ use std::path::Path;
 use plotters::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use crate::bench::{measure_decoding, quality_tolerance, DecodeRun, MarkovTask, OrderedFit};
+use crate::bench::{
+    measure_decoding, quality_tolerance, DecodeRun, MarkovTask, OrderedFit, Repeats,
+};
 use crate::model::BlockDiffusionModel;
 use crate::sample::{CommitPolicy, Corrector, SamplerConfig, SpecRouting};
 use crate::CpuBackend;
@@ -281,7 +283,8 @@ pub fn ordered_candidates(block: usize, stripes: usize) -> Vec<(String, String, 
         .collect()
 }
 
-/// Measures every candidate at batch 1 (`repeats` samples each, median wall-clock). The
+/// Measures every candidate at batch 1 (`repeats`: timed calls, median wall-clock, and the
+/// sequences the quality averages over; `extra` records `samples` and `quality_se`). The
 /// uniform policies run on `uniform_model` (trained with the uniform kernel) and the ordered
 /// ones on `ordered_model` (trained with the ordered objective) when given.
 pub fn run_sampler_bench(
@@ -290,7 +293,7 @@ pub fn run_sampler_bench(
     ordered_model: Option<(&BlockDiffusionModel<CpuBackend>, &OrderedFit)>,
     task: &MarkovTask,
     true_entropy: f64,
-    repeats: usize,
+    repeats: Repeats,
 ) -> SamplerBenchReport {
     let len = task.seq_len;
     let h = true_entropy;
@@ -308,7 +311,10 @@ pub fn run_sampler_bench(
         wall_s: r.wall_s,
         quality: r.sample_nll,
         tokens_per_forward: r.tokens_per_forward,
-        extra: BTreeMap::new(),
+        extra: BTreeMap::from([
+            ("samples".to_string(), r.samples as f64),
+            ("quality_se".to_string(), r.sample_nll_se),
+        ]),
     };
     let mut runs = vec![to_run(ar, "ar")];
     if ordered_model.is_some() {
@@ -359,8 +365,13 @@ pub fn sampler_table(r: &SamplerBenchReport) -> String {
         "| policy | NFE | wall ms | tokens/call | quality | equal quality |\n|---|---|---|---|---|---|\n",
     );
     for x in &r.runs {
+        // The Markov runs carry the quality's standard error.
+        let se = x
+            .extra
+            .get("quality_se")
+            .map_or(String::new(), |se| format!(" ± {se:.3}"));
         s += &format!(
-            "| {} | {:.1} | {:.2} | {:.2} | {:.4} | {} |\n",
+            "| {} | {:.1} | {:.2} | {:.2} | {:.4}{se} | {} |\n",
             x.name,
             x.nfe,
             x.wall_s * 1e3,
