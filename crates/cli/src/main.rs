@@ -455,13 +455,21 @@ fn bench_core(
         );
     }
     println!(
-        "best block policy {}: {:.2}x AR wall-clock at batch 1, {:.2}x at batch 16, {:.2} tokens/forward; KV cache {:.2}x vs recompute",
+        "best block policy {} ({}): {:.2}x AR wall-clock at batch 1, {:.2}x at batch 16, {:.2} tokens/forward; KV cache {:.2}x vs recompute",
         report.best_block,
+        if report.best_meets_quality {
+            "at equal quality"
+        } else {
+            "closest; none at equal quality"
+        },
         report.speedup_vs_ar,
         report.speedup_vs_ar_batch16,
         report.tokens_per_forward,
         report.cache_speedup
     );
+    if let Some(x) = report.speedup_vs_ar_same_weights {
+        println!("on the same weights: {x:.2}x the ordered model's own AR mode (at equal quality)");
+    }
     if let Some(path) = json {
         let v = serde_json::to_vec_pretty(&report)?;
         checkpoint::write_atomic(&path, &v)
@@ -568,6 +576,9 @@ fn report_samplers(
         report.best_speedup_vs_threshold,
         report.best_speedup_vs_ar
     );
+    if let Some(x) = report.best_speedup_vs_ar_same_weights {
+        println!("on the same weights: {x:.2}x the ordered model's own AR mode (at equal quality)");
+    }
     if let Some(f) = &report.ordered_fit {
         println!(
             "ordered-objective model (block {}, {} stripes): held-out NLL in its order {:.4} nats/token",

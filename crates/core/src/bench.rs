@@ -696,6 +696,12 @@ pub struct CoreBenchReport {
     /// and the speed-ups are not at equal quality.
     #[serde(default)]
     pub best_meets_quality: bool,
+    /// When the best policy runs on the ordered model: the ordered model's own AR mode (block
+    /// size 1, run `ar (ordered model)`) over the best policy, batch 1 — the speed-up on the
+    /// same weights. `None` when the best is not an ordered policy, or when that AR mode's
+    /// samples are outside the quality target.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub speedup_vs_ar_same_weights: Option<f64>,
 }
 
 /// Candidate block-decoding policies the benchmark sweeps.
@@ -750,6 +756,9 @@ pub fn candidate_policies(block: usize) -> Vec<(String, SamplerConfig)> {
     ));
     v
 }
+
+/// The run name of AR mode (block size 1) on the ordered-objective model's weights.
+pub const AR_ON_ORDERED: &str = "ar (ordered model)";
 
 /// Runs the benchmark on a trained model (CPU backend).
 pub fn run_core_bench(
@@ -806,6 +815,10 @@ pub fn run_core_bench_on<B: Backend>(
         (true, Some((m, _))) => m,
         _ => model,
     };
+    // AR mode of the ordered model's own weights: the same-weights baseline of its policies.
+    let ar_ordered = ordered
+        .map(|(m, _)| measure_decoding_on(m, task, AR_ON_ORDERED, &ar_cfg, 1, repeats, device));
+    runs.extend(ar_ordered.clone());
     let mut best: Option<DecodeRun> = None;
     for (name, cfg, on_ordered) in &candidates {
         let cfg = SamplerConfig {
@@ -835,6 +848,9 @@ pub fn run_core_bench_on<B: Backend>(
         .find(|(n, _, _)| *n == best.name)
         .expect("best is a candidate");
     let best_model = model_for(best_on_ordered);
+    let speedup_vs_ar_same_weights = ar_ordered
+        .filter(|a| best_on_ordered && (a.sample_nll - h).abs() <= tol)
+        .map(|a| a.wall_s / best.wall_s);
     let best_cfg = SamplerConfig {
         max_len: len,
         ..best_cfg
@@ -868,6 +884,7 @@ pub fn run_core_bench_on<B: Backend>(
         backend: B::name(device),
         ordered_order: ordered.map(|(_, (b, s))| [b, s]),
         best_meets_quality: (best.sample_nll - h).abs() <= tol,
+        speedup_vs_ar_same_weights,
         fit,
         runs,
     }

@@ -76,6 +76,10 @@ pub struct SamplerBenchReport {
     /// The ordered-objective model (its order and held-out losses), when trained.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ordered_fit: Option<OrderedFit>,
+    /// When the best policy is an ordered one: the ordered model's own AR mode over it (the
+    /// speed-up on the same weights), if that AR mode is at equal quality.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub best_speedup_vs_ar_same_weights: Option<f64>,
 }
 
 impl SamplerBenchReport {
@@ -125,6 +129,7 @@ impl SamplerBenchReport {
             best_speedup_vs_ar: runs[0].wall_s / best.wall_s,
             uniform_val_loss: None,
             ordered_fit: None,
+            best_speedup_vs_ar_same_weights: None,
             runs,
         }
     }
@@ -329,6 +334,14 @@ pub fn run_sampler_bench(
             "ar",
         ));
     }
+    if let Some((o, _)) = ordered_model {
+        // AR mode of the ordered model's own weights (family `ar`, never the best): the
+        // same-weights baseline of the ordered policies.
+        runs.push(to_run(
+            measure_decoding(o, task, crate::bench::AR_ON_ORDERED, &ar_cfg, 1, repeats),
+            "ar",
+        ));
+    }
     let mut candidates = sampler_candidates(task.block_size, uniform_model.is_some());
     if let Some((_, fit)) = ordered_model {
         candidates.extend(ordered_candidates(fit.block, fit.stripes));
@@ -356,6 +369,15 @@ pub fn run_sampler_bench(
     report.true_entropy = Some(h);
     report.uniform_val_loss = uniform_model.map(|(_, l)| l);
     report.ordered_fit = ordered_model.map(|(_, f)| f.clone());
+    let best = report.runs.iter().find(|r| r.name == report.best_policy);
+    let ar_same = report
+        .runs
+        .iter()
+        .find(|r| r.name == crate::bench::AR_ON_ORDERED && r.equal_quality);
+    report.best_speedup_vs_ar_same_weights = match (best, ar_same) {
+        (Some(b), Some(a)) if b.family == "ordered" => Some(a.wall_s / b.wall_s),
+        _ => None,
+    };
     report
 }
 
