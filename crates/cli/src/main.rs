@@ -490,12 +490,12 @@ fn markov_samplers(
     let (model, fit) = markov_model(&task, markov_checkpoints)?;
     let uniform_model = if uniform {
         eprintln!("the uniform-kernel model ({} steps)...", task.steps);
-        Some(match markov_checkpoints {
-            Some(d) => {
-                blockdiff_core::bench::load_or_fit_markov_uniform(&task, &d.join("uniform"), true)?
-            }
-            None => blockdiff_core::bench::fit_markov_uniform(&task, true),
-        })
+        let dir = markov_checkpoints.map(|d| d.join("uniform"));
+        Some(blockdiff_core::bench::load_or_fit_markov_uniform(
+            &task,
+            dir.as_deref(),
+            true,
+        )?)
     } else {
         None
     };
@@ -524,10 +524,12 @@ fn markov_model(
     blockdiff_core::bench::MarkovFit,
 )> {
     eprintln!("the Markov task model ({} steps)...", task.steps);
-    Ok(match dir {
-        Some(d) => blockdiff_core::bench::load_or_fit_markov(task, &d.join("block"), true)?,
-        None => fit_markov(task, true),
-    })
+    let dir = dir.map(|d| d.join("block"));
+    Ok(blockdiff_core::bench::load_or_fit_markov(
+        task,
+        dir.as_deref(),
+        true,
+    )?)
 }
 
 /// The ordered-objective model of `bench core` / `bench samplers`: loaded from (or trained and
@@ -535,7 +537,7 @@ fn markov_model(
 fn ordered_markov_model(
     task: &MarkovTask,
     (block, stripes): (usize, usize),
-    dir: Option<&std::path::Path>,
+    dir: Option<&Path>,
 ) -> Result<(
     blockdiff_core::model::BlockDiffusionModel<blockdiff_core::CpuBackend>,
     blockdiff_core::bench::OrderedFit,
@@ -545,16 +547,13 @@ fn ordered_markov_model(
         task.steps
     );
     let widest = blockdiff_core::sampler_bench::ordered_widest_group(block, stripes);
-    Ok(match dir {
-        Some(dir) => blockdiff_core::bench::load_or_fit_markov_ordered(
-            task,
-            (block, stripes),
-            widest,
-            dir,
-            true,
-        )?,
-        None => blockdiff_core::bench::fit_markov_ordered(task, (block, stripes), widest, true)?,
-    })
+    Ok(blockdiff_core::bench::load_or_fit_markov_ordered(
+        task,
+        (block, stripes),
+        widest,
+        dir,
+        true,
+    )?)
 }
 
 /// Prints the sampler table and summary, writes the plot and the JSON.

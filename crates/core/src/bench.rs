@@ -373,23 +373,31 @@ fn task_differences(a: &MarkovTask, b: &MarkovTask) -> Vec<String> {
 /// Trains the task's model under `train_cfg` and measures it with `fit`, or loads both from
 /// `dir`: when `dir` holds a checkpoint and its `fit_file`, both are loaded (no training; a
 /// model of another task, or one `check` rejects, is a typed error); a checkpoint without its
-/// fit file is evaluated; otherwise the model is trained and written there. Full-size models
-/// take 20 minutes each to train on 2 cores, so benchmark re-runs reuse them.
+/// fit file is evaluated; otherwise the model is trained and written there. Without `dir` the
+/// model is trained in the run and not written. Full-size models take 12–22 minutes each to
+/// train on 2 cores, so benchmark re-runs reuse them.
 fn load_or_fit<F: Serialize + serde::de::DeserializeOwned>(
     task: &MarkovTask,
-    dir: &std::path::Path,
+    dir: Option<&std::path::Path>,
     fit_file: &str,
     train_cfg: TrainConfig,
     fit: impl Fn(&Trained) -> F,
     check: impl Fn(&F) -> Option<String>,
 ) -> Result<(BlockDiffusionModel<CpuBackend>, F), crate::error::CheckpointError> {
     use crate::error::CheckpointError;
-    let fit_path = dir.join(fit_file);
+    let fit_path = dir.map_or_else(|| fit_file.into(), |d| d.join(fit_file));
     let mismatch = |message: String| CheckpointError::Config {
         path: fit_path.clone(),
         message,
     };
-    train_cfg.validate().map_err(|e| mismatch(e.to_string()))?;
+    train_cfg
+        .validate()
+        .map_err(|e| CheckpointError::Train(Box::new(e)))?;
+    let Some(dir) = dir else {
+        let t = train_task(task, train_cfg);
+        let f = fit(&t);
+        return Ok((t.model, f));
+    };
     if fit_path.exists() {
         let saved: SavedFit<F> = crate::checkpoint::read_json(&fit_path)?;
         if let Some(saved_task) = &saved.task {
@@ -434,10 +442,11 @@ fn load_or_fit<F: Serialize + serde::de::DeserializeOwned>(
     Ok((t.model, saved.fit))
 }
 
-/// [`fit_markov`] with a checkpoint folder (see [`load_or_fit`]; the fit is `fit.json`).
+/// [`fit_markov`] with an optional checkpoint folder (see [`load_or_fit`]; the fit is
+/// `fit.json`).
 pub fn load_or_fit_markov(
     task: &MarkovTask,
-    dir: &std::path::Path,
+    dir: Option<&std::path::Path>,
     progress: bool,
 ) -> Result<(BlockDiffusionModel<CpuBackend>, MarkovFit), crate::error::CheckpointError> {
     let cfg = task.train_config().with_progress(progress);
@@ -451,10 +460,10 @@ pub fn load_or_fit_markov(
     )
 }
 
-/// [`fit_markov_uniform`] with a checkpoint folder (`uniform_fit.json`).
+/// [`fit_markov_uniform`] with an optional checkpoint folder (`uniform_fit.json`).
 pub fn load_or_fit_markov_uniform(
     task: &MarkovTask,
-    dir: &std::path::Path,
+    dir: Option<&std::path::Path>,
     progress: bool,
 ) -> Result<(BlockDiffusionModel<CpuBackend>, f64), crate::error::CheckpointError> {
     let cfg = uniform_train_config(task).with_progress(progress);
@@ -469,13 +478,13 @@ pub fn load_or_fit_markov_uniform(
     Ok((model, fit.val_loss))
 }
 
-/// [`fit_markov_ordered`] with a checkpoint folder (`ordered_fit.json`; a model of another
-/// order is a typed error).
+/// [`fit_markov_ordered`] with an optional checkpoint folder (`ordered_fit.json`; a model of
+/// another order is a typed error).
 pub fn load_or_fit_markov_ordered(
     task: &MarkovTask,
     order: (usize, usize),
     max_parallel: usize,
-    dir: &std::path::Path,
+    dir: Option<&std::path::Path>,
     progress: bool,
 ) -> Result<(BlockDiffusionModel<CpuBackend>, OrderedFit), crate::error::CheckpointError> {
     let cfg = ordered_train_config(task, order, max_parallel).with_progress(progress);

@@ -90,6 +90,9 @@ pub enum CheckpointError {
         /// Their names.
         tensors: Vec<String>,
     },
+    /// The training config of a model to be trained (and then written) is inconsistent.
+    #[error(transparent)]
+    Train(Box<TrainError>),
     /// Tensors in the weights file that the config does not know.
     #[error("{path}: unexpected tensors {tensors:?} (checkpoint from another config?)")]
     UnexpectedTensors {

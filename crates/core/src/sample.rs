@@ -706,6 +706,9 @@ fn sample_inner<B: Backend, C: Condition>(
         guided_row(logits, i, n, p, span, vocab, guided, cfg.cfg_scale)
     };
 
+    // The ordered policy decodes every block itself (its own calls and cache layout); the
+    // block loop below then has nothing left to do.
+    let mut block_loop = 0..n_blocks;
     if let CommitPolicy::Ordered { per_step, stripes } = cfg.policy {
         let mut run = ordered::OrderedRun {
             seqs: &mut seqs,
@@ -726,18 +729,9 @@ fn sample_inner<B: Backend, C: Condition>(
             &mut observe,
             &logit_row,
         )?;
-        stats.nfe = dec.nfe;
-        return Ok(sample_output(
-            seqs,
-            (prompt_len, n_blocks * b),
-            cfg,
-            ended,
-            commit_steps,
-            stats,
-            started,
-        ));
+        block_loop = 0..0;
     }
-    for blk in 0..n_blocks {
+    for blk in block_loop {
         if done.iter().all(|&d| d) {
             break;
         }

@@ -44,15 +44,15 @@ fn block_model_is_trained_once_then_loaded() {
     let tmp = tempfile::tempdir().expect("temp dir");
     let dir = tmp.path().join("block");
     let task = tiny();
-    let (trained, fit) = load_or_fit_markov(&task, &dir, false).expect("trains");
+    let (trained, fit) = load_or_fit_markov(&task, Some(&dir), false).expect("trains");
     assert!(dir.join("fit.json").exists());
-    let (loaded, fit2) = load_or_fit_markov(&task, &dir, false).expect("loads");
+    let (loaded, fit2) = load_or_fit_markov(&task, Some(&dir), false).expect("loads");
     assert_eq!(logits(&trained), logits(&loaded));
     assert_eq!(fit.val_nelbo_block, fit2.val_nelbo_block);
     assert_eq!(fit.train.steps, fit2.train.steps);
     // Another task (more steps) must not silently reuse the folder.
     let other = MarkovTask { steps: 4, ..tiny() };
-    match load_or_fit_markov(&other, &dir, false) {
+    match load_or_fit_markov(&other, Some(&dir), false) {
         Err(CheckpointError::Config { path, message }) => {
             assert!(path.ends_with("fit.json"), "{}", path.display());
             assert!(message.contains("steps"), "{message}");
@@ -67,8 +67,8 @@ fn uniform_model_round_trips() {
     let tmp = tempfile::tempdir().expect("temp dir");
     let dir = tmp.path().join("uniform");
     let task = tiny();
-    let (m, loss) = load_or_fit_markov_uniform(&task, &dir, false).expect("trains");
-    let (m2, loss2) = load_or_fit_markov_uniform(&task, &dir, false).expect("loads");
+    let (m, loss) = load_or_fit_markov_uniform(&task, Some(&dir), false).expect("trains");
+    let (m2, loss2) = load_or_fit_markov_uniform(&task, Some(&dir), false).expect("loads");
     assert_eq!(logits(&m), logits(&m2));
     assert_eq!(loss, loss2);
     assert!(loss.is_finite() && loss > 0.0);
@@ -79,9 +79,10 @@ fn ordered_folder_checks_order_and_accepts_a_fit_without_task() {
     let tmp = tempfile::tempdir().expect("temp dir");
     let dir = tmp.path().join("ordered");
     let task = tiny();
-    let (m, fit) = load_or_fit_markov_ordered(&task, (16, 4), 4, &dir, false).expect("trains");
+    let (m, fit) =
+        load_or_fit_markov_ordered(&task, (16, 4), 4, Some(&dir), false).expect("trains");
     assert!(matches!(
-        load_or_fit_markov_ordered(&task, (16, 2), 2, &dir, false),
+        load_or_fit_markov_ordered(&task, (16, 2), 2, Some(&dir), false),
         Err(CheckpointError::Config { .. })
     ));
     // A fit file written before the task was recorded (no "task" key) still loads.
@@ -91,12 +92,13 @@ fn ordered_folder_checks_order_and_accepts_a_fit_without_task() {
     assert!(v.get("task").is_some());
     v.as_object_mut().expect("object").remove("task");
     std::fs::write(&path, serde_json::to_vec(&v).expect("json")).expect("write");
-    let (m2, fit2) = load_or_fit_markov_ordered(&task, (16, 4), 4, &dir, false).expect("loads");
+    let (m2, fit2) =
+        load_or_fit_markov_ordered(&task, (16, 4), 4, Some(&dir), false).expect("loads");
     assert_eq!(logits(&m), logits(&m2));
     assert_eq!(fit.val_nll_ordered, fit2.val_nll_ordered);
     // A damaged fit file is a typed error naming it, not a panic.
     std::fs::write(&path, b"{ not json").expect("write");
-    match load_or_fit_markov_ordered(&task, (16, 4), 4, &dir, false) {
+    match load_or_fit_markov_ordered(&task, (16, 4), 4, Some(&dir), false) {
         Err(CheckpointError::Json { path: p, .. }) => assert_eq!(p, path),
         Err(e) => panic!("wrong error: {e}"),
         Ok(_) => panic!("a damaged fit file was accepted"),
