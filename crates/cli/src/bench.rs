@@ -547,7 +547,7 @@ pub fn all(args: AllArgs) -> Result<()> {
                 })
             });
             println!(
-                "| {name} | best {best} ({}): {:.2}x the tuned threshold, {:.2}x AR{} |",
+                "| {name} | best {best} ({}): {:.2}x the tuned threshold, {:.2}x AR{}{} |",
                 if at_equal {
                     "at equal quality"
                 } else {
@@ -557,7 +557,12 @@ pub fn all(args: AllArgs) -> Result<()> {
                 r["best_speedup_vs_ar"].as_f64().unwrap_or(f64::NAN),
                 r["best_speedup_vs_ar_same_weights"]
                     .as_f64()
-                    .map_or(String::new(), |x| format!(", {x:.2}x its own AR mode"))
+                    .map_or(String::new(), |x| format!(", {x:.2}x its own AR mode")),
+                r["decoding_floor"]["max_speedup_vs_ar"]
+                    .as_f64()
+                    .map_or(String::new(), |x| format!(
+                        "; any policy ≤ {x:.2}x AR (floor)"
+                    ))
             );
         }
     }

@@ -578,6 +578,13 @@ fn report_samplers(
     if let Some(x) = report.best_speedup_vs_ar_same_weights {
         println!("on the same weights: {x:.2}x the ordered model's own AR mode (at equal quality)");
     }
+    if let Some(f) = &report.decoding_floor {
+        println!(
+            "decoding floor (one call over each whole sequence): {:.3} ms, so no policy of these weights can beat AR mode by more than {:.2}x here",
+            f.wall_s * 1e3,
+            f.max_speedup_vs_ar
+        );
+    }
     if let Some(f) = &report.ordered_fit {
         println!(
             "ordered-objective model (block {}, {} stripes): held-out NLL in its order {:.4} nats/token",

@@ -665,6 +665,33 @@ pub fn measure_decoding_on<B: Backend>(
     }
 }
 
+/// The decoding floor of the Markov task at batch 1 ([`crate::sample::floor_call`]): the
+/// median wall-clock of one call over a whole source sequence, over as many sequences as
+/// [`measure_decoding`] samples at batch 1.
+pub fn measure_floor(
+    model: &BlockDiffusionModel<CpuBackend>,
+    task: &MarkovTask,
+    repeats: Repeats,
+) -> f64 {
+    let device = Default::default();
+    let mcfg = task.model_config();
+    let src = task.source();
+    let tok = task.tokenizer();
+    let mut rng = StdRng::seed_from_u64(task.seed ^ 0xf100);
+    let walls: Vec<f64> = (0..repeats.calls_at(1))
+        .map(|_| {
+            let seq = tok
+                .encode(&src.sample(task.seq_len, &mut rng))
+                .expect("source symbols are in the vocabulary");
+            let t = Instant::now();
+            crate::sample::floor_call(model, &mcfg, &Conditioning::default(), &seq, &device)
+                .expect("a source sequence fits the task's model");
+            t.elapsed().as_secs_f64()
+        })
+        .collect();
+    median(walls)
+}
+
 /// The whole core benchmark's result (`blockdiff bench core --json`).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct CoreBenchReport {

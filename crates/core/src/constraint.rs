@@ -201,14 +201,7 @@ impl SuccessorConstraint {
         steps: usize,
         avoid: Option<usize>,
     ) -> Vec<bool> {
-        let last = Self::walk_sets(adj, start, steps, avoid)
-            .pop()
-            .expect("steps + 1 sets");
-        let mut out = vec![false; adj.len()];
-        for i in last {
-            out[i as usize] = true;
-        }
-        out
+        Self::walk(adj, start, steps, avoid, None).0
     }
 
     /// Hop distance from every node to `target` along the edges (`usize::MAX` = unreachable),
@@ -297,11 +290,8 @@ impl SuccessorConstraint {
         let left_node = left.and_then(|i| left_tok.and_then(|t| self.node(t)).map(|a| (i, a)));
         // Walk sets from the left anchor, step by step (walks never pass through `d`).
         let steps = left_node.map_or(0, |(i, _)| pos - i);
-        let sets = left_node.map(|(_, a)| Self::walk_sets(&self.succ, a, steps, Some(d)));
-        let d_at = |k: usize| {
-            sets.as_ref()
-                .is_none_or(|s| s[k].binary_search(&(d as u32)).is_ok())
-        };
+        let walked = left_node.map(|(_, a)| Self::walk(&self.succ, a, steps, Some(d), Some(d)));
+        let d_at = |k: usize| walked.as_ref().is_none_or(|(_, at)| at[k]);
         // EOS here: the destination at pos - 1. PAD here: the destination earlier still. Either
         // way the destination must sit before the horizon (the last position it may take is
         // `limit - 1`), which matters once the horizon is shorter than the sequence.
@@ -310,12 +300,8 @@ impl SuccessorConstraint {
             |k: usize| horizon.is_none_or(|limit| left_node.is_some_and(|(i, _)| i + k < limit));
         let eos_here = gap >= 2 && d_at(gap - 1) && before_limit(gap - 1);
         let pad_here = gap >= 3 && (1..=gap - 2).any(|k| d_at(k) && before_limit(k));
-        let mut ok = match &sets {
-            Some(s) => {
-                let mut o = vec![false; n];
-                s[steps].iter().for_each(|&k| o[k as usize] = true);
-                o
-            }
+        let mut ok = match walked {
+            Some((end, _)) => end,
             None => vec![true; n],
         };
         let (mut eos_ok, mut pad_ok) = (false, false);
@@ -377,31 +363,47 @@ impl SuccessorConstraint {
         }
     }
 
-    /// The sets of nodes reachable from `start` after exactly 0, 1, …, `steps` edges, never
-    /// continuing from `avoid` after the first step. Sparse (sorted node lists): road-graph
-    /// frontiers stay small, so this costs far less than dense sets of every node.
-    fn walk_sets(
+    /// Walks from `start` along `adj` for exactly `steps` edges, never continuing from `avoid`
+    /// after the first step. Returns where the walks can end (one flag per node) and, for each
+    /// `k` in `0..=steps`, whether `watch` is reachable after exactly `k` edges.
+    ///
+    /// Frontiers are sparse node lists deduplicated by a per-step stamp, so a step costs the
+    /// frontier's out-edges: road-graph frontiers stay small, and there is no sorting (sorted
+    /// sets made this the sampler's most expensive part once blocks reach 56 positions).
+    fn walk(
         adj: &[Vec<u32>],
         start: usize,
         steps: usize,
         avoid: Option<usize>,
-    ) -> Vec<Vec<u32>> {
-        let mut sets = Vec::with_capacity(steps + 1);
+        watch: Option<usize>,
+    ) -> (Vec<bool>, Vec<bool>) {
+        let mut stamp = vec![0u32; adj.len()];
+        let mut watched = Vec::with_capacity(steps + 1);
+        watched.push(watch == Some(start));
         let mut cur = vec![start as u32];
+        let mut next: Vec<u32> = Vec::new();
         for step in 0..steps {
-            let mut next: Vec<u32> = Vec::new();
+            let gen = step as u32 + 1;
+            next.clear();
             for &i in &cur {
                 if step > 0 && Some(i as usize) == avoid {
                     continue;
                 }
-                next.extend_from_slice(&adj[i as usize]);
+                for &j in &adj[i as usize] {
+                    if stamp[j as usize] != gen {
+                        stamp[j as usize] = gen;
+                        next.push(j);
+                    }
+                }
             }
-            next.sort_unstable();
-            next.dedup();
-            sets.push(std::mem::replace(&mut cur, next));
+            watched.push(watch.is_some_and(|w| stamp[w] == gen));
+            std::mem::swap(&mut cur, &mut next);
         }
-        sets.push(cur);
-        sets
+        let mut end = vec![false; adj.len()];
+        for i in cur {
+            end[i as usize] = true;
+        }
+        (end, watched)
     }
 }
 

@@ -19,10 +19,12 @@ use crate::error::SampleError;
 use crate::mask;
 use crate::model::{BlockDiffusionConfig, BlockDiffusionModel, FlashBlockState, ForwardInput};
 
+mod floor;
 mod ordered;
 mod steps;
 mod text;
 use crate::tokenizer::{BOS, EOS, MASK, PAD};
+pub use floor::{floor_call, DecodingFloor};
 pub use steps::uniform_noise_ids;
 pub use text::{CORRECTOR_FORMS, POLICY_FORMS};
 

@@ -14,7 +14,7 @@ use crate::bench::{
     measure_decoding, quality_tolerance, DecodeRun, MarkovTask, OrderedFit, Repeats,
 };
 use crate::model::BlockDiffusionModel;
-use crate::sample::{CommitPolicy, Corrector, SamplerConfig, SpecRouting};
+use crate::sample::{CommitPolicy, Corrector, DecodingFloor, SamplerConfig, SpecRouting};
 use crate::CpuBackend;
 
 /// One policy's measurement.
@@ -80,6 +80,10 @@ pub struct SamplerBenchReport {
     /// speed-up on the same weights), if that AR mode is at equal quality.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub best_speedup_vs_ar_same_weights: Option<f64>,
+    /// One call over each whole sequence, next to AR mode: a lower bound on any policy's time
+    /// and so an upper bound on its speed-up over AR ([`crate::sample::floor_call`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decoding_floor: Option<DecodingFloor>,
 }
 
 impl SamplerBenchReport {
@@ -130,8 +134,19 @@ impl SamplerBenchReport {
             uniform_val_loss: None,
             ordered_fit: None,
             best_speedup_vs_ar_same_weights: None,
+            decoding_floor: None,
             runs,
         }
+    }
+}
+
+impl SamplerBenchReport {
+    /// Records the decoding floor's wall-clock per sequence against AR mode (`runs[0]`).
+    pub fn set_floor(&mut self, wall_s: f64) {
+        self.decoding_floor = Some(DecodingFloor {
+            wall_s,
+            max_speedup_vs_ar: self.runs[0].wall_s / wall_s,
+        });
     }
 }
 
@@ -367,6 +382,7 @@ pub fn run_sampler_bench(
     );
     report.task = Some(task.clone());
     report.true_entropy = Some(h);
+    report.set_floor(crate::bench::measure_floor(model, task, repeats));
     report.uniform_val_loss = uniform_model.map(|(_, l)| l);
     report.ordered_fit = ordered_model.map(|(_, f)| f.clone());
     let best = report.runs.iter().find(|r| r.name == report.best_policy);
@@ -400,6 +416,13 @@ pub fn sampler_table(r: &SamplerBenchReport) -> String {
             x.tokens_per_forward,
             x.quality,
             if x.equal_quality { "yes" } else { "no" }
+        );
+    }
+    if let Some(f) = &r.decoding_floor {
+        s += &format!(
+            "| floor: one call per sequence (≤ {:.2}x AR) | 1.0 | {:.2} | – | – | – |\n",
+            f.max_speedup_vs_ar,
+            f.wall_s * 1e3
         );
     }
     s

@@ -8,8 +8,8 @@ use blockdiff_core::burn::prelude::*;
 use blockdiff_core::checkpoint::{self, read_json};
 use blockdiff_core::condition::{Conditioning, Example, TokenFeatures};
 use blockdiff_core::model::{BlockDiffusionConfig, BlockDiffusionModel};
-use blockdiff_core::sample::{sample_with_ids, SampleStats, SamplerConfig};
-use blockdiff_core::tokenizer::Tokenizer;
+use blockdiff_core::sample::{floor_call, sample_with_ids, SampleStats, SamplerConfig};
+use blockdiff_core::tokenizer::{Tokenizer, EOS};
 use blockdiff_core::train::{
     train_on_cores as core_train, CheckpointSpec, NoiseKernel, TrainConfig, TrainReport,
 };
@@ -332,38 +332,10 @@ impl<B: Backend> TrajModel<B> {
         let chunks: Vec<&[TripRequest]> = sorted.chunks(batch.max(1)).collect();
         let ids: Vec<u64> = order.iter().map(|&i| first_id + i as u64).collect();
         let id_chunks: Vec<&[u64]> = ids.chunks(batch.max(1)).collect();
-        let next = std::sync::atomic::AtomicUsize::new(0);
-        let workers = self.workers.max(1).min(chunks.len().max(1));
-        type ChunkResult = Result<(usize, Vec<Vec<usize>>, SampleStats), TrajError>;
-        let results: Vec<ChunkResult> = std::thread::scope(|scope| {
-            let handles: Vec<_> = (0..workers)
-                .map(|_| {
-                    scope.spawn(|| {
-                        // Each worker's kernels on its own share of the cores.
-                        blockdiff_core::with_core_share(workers, || {
-                            let mut done: Vec<ChunkResult> = Vec::new();
-                            loop {
-                                let k = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                                let Some(chunk) = chunks.get(k) else { break };
-                                done.push(self.sample_chunk(
-                                    chunk,
-                                    id_chunks[k],
-                                    k,
-                                    &sampler,
-                                    &constraint,
-                                    &device,
-                                ));
-                                bar.inc(chunk.len() as u64);
-                            }
-                            done
-                        })
-                    })
-                })
-                .collect();
-            handles
-                .into_iter()
-                .flat_map(|h| h.join().expect("sampling worker panicked"))
-                .collect()
+        let results = self.on_workers(chunks.len(), |k| {
+            let r = self.sample_chunk(chunks[k], id_chunks[k], k, &sampler, &constraint, &device);
+            bar.inc(chunks[k].len() as u64);
+            r
         });
         let mut per_chunk: Vec<Option<Vec<Vec<usize>>>> = vec![None; chunks.len()];
         for r in results {
@@ -385,6 +357,83 @@ impl<B: Backend> TrajModel<B> {
 }
 
 impl<B: Backend> TrajModel<B> {
+    /// Runs `job(0..jobs)` on the model's worker threads, which take jobs in turn, each
+    /// thread's kernels on its own share of the cores; results in no particular order.
+    fn on_workers<R: Send>(&self, jobs: usize, job: impl Fn(usize) -> R + Sync) -> Vec<R> {
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let workers = self.workers.max(1).min(jobs.max(1));
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..workers)
+                .map(|_| {
+                    scope.spawn(|| {
+                        blockdiff_core::with_core_share(workers, || {
+                            let mut done = Vec::new();
+                            loop {
+                                let k = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                                if k >= jobs {
+                                    break;
+                                }
+                                done.push(job(k));
+                            }
+                            done
+                        })
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .flat_map(|h| h.join().expect("sampling worker panicked"))
+                .collect()
+        })
+    }
+
+    /// The sampler's condition for a request: its prompt and, with destination features, the
+    /// destination's table.
+    fn conditioning(&self, r: &TripRequest) -> Conditioning {
+        Conditioning {
+            prompt: self.tokenizer.prompt(r),
+            vectors: None,
+            token_features: self
+                .dest_features
+                .as_ref()
+                .map(|f| TokenFeatures::shared(f.table(r.destination))),
+        }
+    }
+
+    /// The decoding floor ([`blockdiff_core::sample::floor_call`]) on real trips: one model
+    /// call over each trip's prompt ⊕ route ⊕ `EOS`, one trip per call on the worker threads,
+    /// as [`Self::generate`] runs batch 1. Returns wall-clock seconds per trip.
+    pub fn floor_wall(&self, trips: &[Trip]) -> Result<f64, TrajError> {
+        let device = self.model.devices().into_iter().next().unwrap_or_default();
+        let mut jobs = Vec::with_capacity(trips.len());
+        for t in trips {
+            let mut ex = self
+                .tokenizer
+                .example(t)
+                .map_err(|e| TrajError::Config(e.to_string()))?;
+            ex.tokens.push(EOS);
+            ex.condition =
+                self.conditioning(&TripRequest::of(t).expect("a tokenized trip has a route"));
+            jobs.push(ex);
+        }
+        let started = std::time::Instant::now();
+        let results = self.on_workers(jobs.len(), |k| {
+            floor_call(
+                &self.model,
+                &self.config,
+                &jobs[k].condition,
+                &jobs[k].tokens,
+                &device,
+            )
+            .map(|_| ())
+        });
+        let wall = started.elapsed().as_secs_f64();
+        for r in results {
+            r?;
+        }
+        Ok(wall / trips.len().max(1) as f64)
+    }
+
     fn sample_chunk(
         &self,
         chunk: &[TripRequest],
@@ -394,17 +443,7 @@ impl<B: Backend> TrajModel<B> {
         constraint: &TopologyConstraint,
         device: &B::Device,
     ) -> Result<(usize, Vec<Vec<usize>>, SampleStats), TrajError> {
-        let conds: Vec<Conditioning> = chunk
-            .iter()
-            .map(|r| Conditioning {
-                prompt: self.tokenizer.prompt(r),
-                vectors: None,
-                token_features: self
-                    .dest_features
-                    .as_ref()
-                    .map(|f| TokenFeatures::shared(f.table(r.destination))),
-            })
-            .collect();
+        let conds: Vec<Conditioning> = chunk.iter().map(|r| self.conditioning(r)).collect();
         let res = sample_with_ids(
             &self.model,
             &self.config,

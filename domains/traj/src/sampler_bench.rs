@@ -130,12 +130,17 @@ pub fn run_traj_sampler_bench(
         runs.push(measure(&name, &family, &cfg)?);
     }
     let ar = runs[0].quality;
-    Ok(SamplerBenchReport::from_runs(
+    let mut report = SamplerBenchReport::from_runs(
         "traj",
         "JSD(distance) vs held-out trips",
         ar,
         floor,
         [0.0, ar + floor],
         runs,
-    ))
+    );
+    if settings.batch <= 1 {
+        // The floor is one trip per call, like the policies at batch 1.
+        report.set_floor(model.floor_wall(&real)?);
+    }
+    Ok(report)
 }
