@@ -589,28 +589,11 @@ fn sample_inner<B: Backend, C: Condition>(
                 "prompt token {t} outside vocabulary {vocab}"
             )));
         }
-        match r.vectors() {
-            Some(v) if model_cfg.cond_dim == 0 => {
-                return Err(req_err(format!(
-                    "{} condition values given to a model without a condition encoder",
-                    v.len()
-                )))
-            }
-            Some(v) if v.len() != cond_width => {
-                return Err(req_err(format!(
-                    "condition has {} values, the model expects cond_len × cond_dim = {cond_width}",
-                    v.len()
-                )))
-            }
-            Some(v) if v.iter().any(|x| !x.is_finite()) => {
-                return Err(req_err("condition contains NaN or infinity".into()))
-            }
-            None if has_cond => {
-                return Err(req_err(
-                    "condition vectors missing (request 0 has them)".into(),
-                ))
-            }
-            _ => {}
+        check_vectors(r.vectors(), model_cfg).map_err(req_err)?;
+        if r.vectors().is_none() && has_cond {
+            return Err(req_err(
+                "condition vectors missing (request 0 has them)".into(),
+            ));
         }
     }
     let cond_len = if has_cond { model_cfg.cond_len } else { 0 };
@@ -1129,6 +1112,28 @@ pub(crate) fn request_feature_tensor<B: Backend>(
             k,
         ]),
     ))
+}
+
+/// A request's condition vectors, if any, must fit the model's condition encoder.
+pub(crate) fn check_vectors(
+    vectors: Option<&[f32]>,
+    model_cfg: &BlockDiffusionConfig,
+) -> Result<(), String> {
+    let width = model_cfg.cond_dim * model_cfg.cond_len;
+    match vectors {
+        Some(v) if model_cfg.cond_dim == 0 => Err(format!(
+            "{} condition values given to a model without a condition encoder",
+            v.len()
+        )),
+        Some(v) if v.len() != width => Err(format!(
+            "condition has {} values, the model expects cond_len × cond_dim = {width}",
+            v.len()
+        )),
+        Some(v) if v.iter().any(|x| !x.is_finite()) => {
+            Err("condition contains NaN or infinity".into())
+        }
+        _ => Ok(()),
+    }
 }
 
 /// Extends every sequence with `MASK` (`PAD` for finished requests) to length `len`.

@@ -86,4 +86,9 @@ fn floor_call_refuses_bad_requests() {
         ..request.clone()
     };
     assert!(err(&[4, 5], &short).contains("condition has 3 values"));
+    let nan = Conditioning {
+        vectors: Some(vec![f32::NAN; 10]),
+        ..request.clone()
+    };
+    assert!(err(&[4, 5], &nan).contains("NaN"));
 }

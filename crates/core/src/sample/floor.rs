@@ -14,7 +14,7 @@
 use burn::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use super::{int_tensor, request_feature_tensor, to_vec};
+use super::{check_vectors, int_tensor, request_feature_tensor, to_vec};
 use crate::condition::Condition;
 use crate::error::SampleError;
 use crate::model::{BlockDiffusionConfig, BlockDiffusionModel, ForwardInput};
@@ -49,15 +49,9 @@ pub fn floor_call<B: Backend, C: Condition>(
     if let Some(&t) = toks.iter().find(|&&t| t as usize >= vocab) {
         return Err(req_err(format!("token {t} outside vocabulary {vocab}")));
     }
+    check_vectors(request.vectors(), model_cfg).map_err(req_err)?;
     let (cond, cond_len) = match request.vectors() {
         Some(v) => {
-            let width = model_cfg.cond_dim * model_cfg.cond_len;
-            if model_cfg.cond_dim == 0 || v.len() != width {
-                return Err(req_err(format!(
-                    "condition has {} values, the model expects cond_len × cond_dim = {width}",
-                    v.len()
-                )));
-            }
             let t = Tensor::<B, 1>::from_floats(v, device).reshape([
                 1,
                 model_cfg.cond_len,
