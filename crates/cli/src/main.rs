@@ -183,6 +183,16 @@ enum BenchCommand {
         #[arg(long, default_value_t = 16)]
         block: usize,
     },
+    /// Re-draws a `bench samplers --json` report (its table, summary and plot) without
+    /// running anything, e.g. after the plot gained a feature.
+    Replot {
+        /// The report (`bench samplers --json FILE`).
+        #[arg(long)]
+        json: PathBuf,
+        /// Where to write the plot.
+        #[arg(long)]
+        png: PathBuf,
+    },
     /// Against the PyTorch twin (`tests/torch_twin/twin.py`): logit agreement on our
     /// safetensors weights, then a training step and a full sample timed on both sides.
     Twin(bench::TwinArgs),
@@ -270,6 +280,13 @@ fn run(command: Command) -> Result<()> {
         Command::Bench {
             which: BenchCommand::All(args),
         } => bench::all(args),
+        Command::Bench {
+            which: BenchCommand::Replot { json, png },
+        } => {
+            let report: blockdiff_core::sampler_bench::SamplerBenchReport =
+                checkpoint::read_json(&json)?;
+            report_samplers(&report, None, png)
+        }
         Command::Bench {
             which:
                 BenchCommand::Samplers {

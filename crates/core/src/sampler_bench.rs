@@ -502,6 +502,28 @@ pub fn write_sampler_plot(r: &SamplerBenchReport, path: &Path) -> Result<(), Str
                     ))
                     .map_err(|e| e.to_string())?;
             }
+            // The decoding floor: nothing can sit left of it on the wall-clock panel.
+            if let (1, Some(f)) = (k, &r.decoding_floor) {
+                let at = f.wall_s * 1e3;
+                let series = chart
+                    .draw_series(DashedLineSeries::new(
+                        vec![(at, y0), (at, y1)],
+                        6,
+                        4,
+                        RGBColor(128, 128, 128).stroke_width(2),
+                    ))
+                    .map_err(|e| e.to_string())?;
+                if text {
+                    series
+                        .label("floor: one call per sequence")
+                        .legend(|(x, y)| {
+                            PathElement::new(
+                                vec![(x, y), (x + 20, y)],
+                                RGBColor(128, 128, 128).stroke_width(2),
+                            )
+                        });
+                }
+            }
             for (family, color) in families {
                 let pts: Vec<(f64, f64)> = r
                     .runs
