@@ -412,8 +412,9 @@ impl<B: Backend> TrajModel<B> {
                 .example(t)
                 .map_err(|e| TrajError::Config(e.to_string()))?;
             ex.tokens.push(EOS);
-            ex.condition =
-                self.conditioning(&TripRequest::of(t).expect("a tokenized trip has a route"));
+            let req = TripRequest::of(t)
+                .ok_or_else(|| TrajError::Config("a trip with an empty route".into()))?;
+            ex.condition = self.conditioning(&req);
             jobs.push(ex);
         }
         let started = std::time::Instant::now();
