@@ -96,6 +96,13 @@ fn generated_trips_are_connected_and_reach_their_destination() {
             );
         }
     }
+    // The decoding floor runs on real trips and refuses a trip without a route.
+    let floor = model.floor_wall(&sim.test[..50]).unwrap();
+    assert!(floor > 0.0 && floor.is_finite(), "floor {floor}");
+    let mut bad = sim.test[0].clone();
+    bad.route.clear();
+    let err = model.floor_wall(&[bad]).unwrap_err().to_string();
+    assert!(err.contains("empty route"), "{err}");
     let markov = MarkovBaseline::fit(&net, &sim.train, 0.1).generate(&requests[..300], 128, 1);
     let m = evaluate(
         &net,
