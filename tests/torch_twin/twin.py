@@ -224,13 +224,18 @@ def sample(model, batch, L, b, k):
                     (torch.cat([c[0], n[0]], 2), torch.cat([c[1], n[1]], 2)) for c, n in zip(cache, clean)
                 ]
                 pending = None
-            logits = model.logits(h[:, -b:])
+            # The head only where some row is still masked, as blockdiff's sampler does.
+            masked = block == MASK
+            rows = masked.any(0).nonzero().flatten()
+            logits = model.logits(h[:, -b:][:, rows])
             logits[..., MASK] = -math.inf
             logits[..., BOS] = -math.inf
             probs = logits.softmax(-1)
-            tok = torch.multinomial(probs.view(-1, probs.shape[-1]), 1).view(batch, b)
-            conf = probs.gather(-1, tok[..., None]).squeeze(-1)
-            masked = block == MASK
+            drawn = torch.multinomial(probs.view(-1, probs.shape[-1]), 1).view(batch, len(rows))
+            tok = torch.full_like(block, MASK)
+            tok[:, rows] = drawn
+            conf = torch.full(block.shape, -1.0, device=block.device)
+            conf[:, rows] = probs.gather(-1, drawn[..., None]).squeeze(-1)
             conf = torch.where(masked, conf, torch.full_like(conf, -1.0))
             top = conf.topk(min(k, b), dim=-1)
             commit = torch.zeros_like(masked)

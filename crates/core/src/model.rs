@@ -764,6 +764,26 @@ impl<B: Backend> BlockDiffusionModel<B> {
         (self.logits(h, req), kvs)
     }
 
+    /// Like [`Self::forward_range`] over token positions `from..from + len`, with the output
+    /// head on `rows` only (indices into those `len` positions): `[batch, rows.len(), vocab]`.
+    /// A sampling call reads logits only where a position is still masked, and with forced
+    /// commits most of a trajectory block is decided before the call, so the head (the
+    /// largest matmul per row of a model with a large vocabulary) shrinks several-fold.
+    pub fn forward_rows(
+        &self,
+        input: ForwardInput<B>,
+        cache: Option<&KvCache<B>>,
+        (from, len): (usize, usize),
+        rows: &[usize],
+    ) -> (Tensor<B, 3>, Vec<LayerKv<B>>) {
+        let device = input.tokens.device();
+        let req = input.request_features.clone();
+        let (h, kvs, _) = self.hidden_with(input, cache, None, Some((from, len)));
+        let idx: Vec<i64> = rows.iter().map(|&r| r as i64).collect();
+        let idx = Tensor::<B, 1, Int>::from_data(TensorData::new(idx, [rows.len()]), &device);
+        (self.logits(h.select(1, idx), req), kvs)
+    }
+
     /// A sampling call's logits for chosen token rows, each over one vocabulary span only.
     ///
     /// Like [`Self::forward_range`] over token positions `from..from + len`, but the output

@@ -390,8 +390,10 @@ pub struct StepView<'a> {
     /// `MASK` where undecided).
     pub sequences: &'a [Vec<u32>],
     /// Raw (unguided) logits of the current block, `[rows, block, vocab]` row-major; with CFG
-    /// the unconditional rows follow the conditional ones. With `queried`, `[rows,
-    /// queried.len(), vocab]`: only those positions'.
+    /// the unconditional rows follow the conditional ones. The head runs only where some
+    /// request's position is `MASK` in `sequences` (the only logits a policy reads); the other
+    /// positions hold 0, except for the uniform kernel, which has no masks. With `queried`,
+    /// `[rows, queried.len(), vocab]`: only those positions'.
     pub logits: &'a [f32],
     /// The block positions a call predicted when it did not predict the whole block (the
     /// ordered policy's group), in the order of the logits' rows.
@@ -746,7 +748,7 @@ fn sample_inner<B: Backend, C: Condition>(
                 vocab,
             };
             let mut call = |seqs: &[Vec<u32>]| {
-                let l = dec.call(seqs, seq_off, start, b);
+                let l = dec.call(seqs, (seq_off, start, b), false);
                 observe(&StepView {
                     block: blk,
                     sequences: seqs,
@@ -803,7 +805,7 @@ fn sample_inner<B: Backend, C: Condition>(
                 let span = if lookahead { 2 * b } else { b };
                 extend_to(&mut seqs, &done, seq_off + span);
                 let logits = if cfg.use_cache {
-                    dec.call(&seqs, seq_off, start, span)
+                    dec.call(&seqs, (seq_off, start, span), true)
                 } else {
                     dec.reference_call(&seqs, seq_off, blk)
                 };
@@ -1114,6 +1116,28 @@ pub(crate) fn request_feature_tensor<B: Backend>(
     ))
 }
 
+/// The positions of `seqs[i][seq_off..seq_off + span]` that are masked in some request.
+fn masked_rows(seqs: &[Vec<u32>], seq_off: usize, span: usize) -> Vec<usize> {
+    (0..span)
+        .filter(|&p| seqs.iter().any(|s| s.get(seq_off + p) == Some(&MASK)))
+        .collect()
+}
+
+/// Logits `[rows, q.len(), vocab]` for positions `q` spread into `[rows, span, vocab]`, zero
+/// elsewhere.
+fn spread_rows(compact: &[f32], q: &[usize], rows: usize, span: usize) -> Vec<f32> {
+    let vocab = compact.len() / (rows * q.len()).max(1);
+    let mut out = vec![0f32; rows * span * vocab];
+    for r in 0..rows {
+        for (k, &p) in q.iter().enumerate() {
+            let src = (r * q.len() + k) * vocab;
+            let dst = (r * span + p) * vocab;
+            out[dst..dst + vocab].copy_from_slice(&compact[src..src + vocab]);
+        }
+    }
+    out
+}
+
 /// A request's condition vectors, if any, must fit the model's condition encoder.
 pub(crate) fn check_vectors(
     vectors: Option<&[f32]>,
@@ -1177,8 +1201,18 @@ impl<B: Backend> Decoder<'_, B> {
     /// (absolute position `start`), flushing pending clean positions into the cache.
     /// With FlashBlock, a block's first call records the external attention and later calls
     /// (the block alone: nothing pending) reuse it. Returns logits `[rows, span, vocab]`.
-    fn call(&mut self, seqs: &[Vec<u32>], seq_off: usize, start: usize, span: usize) -> Vec<f32> {
+    /// With `only_masked`, the head runs only on the positions still masked in some request
+    /// (the only ones a commit policy reads); the others' logits are left at 0.
+    fn call(
+        &mut self,
+        seqs: &[Vec<u32>],
+        (seq_off, start, span): (usize, usize, usize),
+        only_masked: bool,
+    ) -> Vec<f32> {
         let (n, rows, b) = (self.n, self.rows, self.b);
+        let head_rows = only_masked
+            .then(|| masked_rows(seqs, seq_off, span))
+            .filter(|q| !q.is_empty() && q.len() < span && !self.use_flash);
         self.nfe += 1;
         let clean_rows = self.pending.take();
         let clean = clean_rows.as_ref().map_or(0, |c| c[0].len());
@@ -1217,7 +1251,10 @@ impl<B: Backend> Decoder<'_, B> {
             mask: mask_t,
             request_features: self.req_t.clone(),
         };
-        let (logits, kvs) = if self.use_flash {
+        let (logits, kvs) = if let Some(q) = &head_rows {
+            self.model
+                .forward_rows(input, Some(&self.cache), (clean, span), q)
+        } else if self.use_flash {
             self.model
                 .forward_block_flash(input, Some(&self.cache), clean, span, &mut self.flash)
         } else {
@@ -1228,7 +1265,10 @@ impl<B: Backend> Decoder<'_, B> {
             self.cache.append(&kvs, 0, ctx);
             self.cond_pending = false;
         }
-        to_vec(logits)
+        match &head_rows {
+            Some(q) => spread_rows(&to_vec(logits), q, rows, span),
+            None => to_vec(logits),
+        }
     }
 
     /// The condition tensors of a call that starts the sequence (`with_cond`), else none.
@@ -1281,8 +1321,14 @@ impl<B: Backend> Decoder<'_, B> {
             mask: Some(mask::MaskTable::new(m, ctx + gen, ctx + gen)),
             request_features: self.req_t.clone(),
         };
-        let (logits, _) = self.model.forward_range(input, None, seq_off, b);
-        to_vec(logits)
+        // The same head rows as the cached call's, so the two agree call by call.
+        let q = masked_rows(seqs, seq_off, b);
+        if q.is_empty() || q.len() == b {
+            let (logits, _) = self.model.forward_range(input, None, seq_off, b);
+            return to_vec(logits);
+        }
+        let (logits, _) = self.model.forward_rows(input, None, (seq_off, b), &q);
+        spread_rows(&to_vec(logits), &q, rows, b)
     }
 
     /// One call in block-size-1 mode over a complete (or drafted) block per row: the logits
