@@ -776,12 +776,21 @@ impl<B: Backend> BlockDiffusionModel<B> {
         (from, len): (usize, usize),
         rows: &[usize],
     ) -> (Tensor<B, 3>, Vec<LayerKv<B>>) {
-        let device = input.tokens.device();
         let req = input.request_features.clone();
         let (h, kvs, _) = self.hidden_with(input, cache, None, Some((from, len)));
+        (self.logits_at(h, rows, req), kvs)
+    }
+
+    /// [`Self::logits`] of the hidden rows `rows` only (indices along dimension 1).
+    fn logits_at(
+        &self,
+        h: Tensor<B, 3>,
+        rows: &[usize],
+        request: Option<Tensor<B, 3>>,
+    ) -> Tensor<B, 3> {
         let idx: Vec<i64> = rows.iter().map(|&r| r as i64).collect();
-        let idx = Tensor::<B, 1, Int>::from_data(TensorData::new(idx, [rows.len()]), &device);
-        (self.logits(h.select(1, idx), req), kvs)
+        let idx = Tensor::<B, 1, Int>::from_data(TensorData::new(idx, [rows.len()]), &h.device());
+        self.logits(h.select(1, idx), request)
     }
 
     /// A sampling call's logits for chosen token rows, each over one vocabulary span only.
@@ -808,9 +817,10 @@ impl<B: Backend> BlockDiffusionModel<B> {
         let mut out = vec![f32::NEG_INFINITY; len * vocab];
         let to_vec = |t: Tensor<B, 2>| crate::sample::to_vec(t.unsqueeze::<3>());
         if self.feature_head.is_some() || self.request_head.is_some() {
-            let full = to_vec(self.logits(h, req).reshape([len, vocab]));
-            for &r in rows {
-                out[r * vocab..(r + 1) * vocab].copy_from_slice(&full[r * vocab..(r + 1) * vocab]);
+            // The whole vocabulary, but only on the rows asked for.
+            let part = to_vec(self.logits_at(h, rows, req).reshape([rows.len(), vocab]));
+            for (k, &r) in rows.iter().enumerate() {
+                out[r * vocab..(r + 1) * vocab].copy_from_slice(&part[k * vocab..(k + 1) * vocab]);
             }
             return (out, kvs);
         }

@@ -24,7 +24,7 @@ mod ordered;
 mod steps;
 mod text;
 use crate::tokenizer::{BOS, EOS, MASK, PAD};
-pub use floor::{floor_call, DecodingFloor};
+pub use floor::floor_call;
 pub use steps::uniform_noise_ids;
 pub use text::{CORRECTOR_FORMS, POLICY_FORMS};
 
@@ -1116,11 +1116,14 @@ pub(crate) fn request_feature_tensor<B: Backend>(
     ))
 }
 
-/// The positions of `seqs[i][seq_off..seq_off + span]` that are masked in some request.
-fn masked_rows(seqs: &[Vec<u32>], seq_off: usize, span: usize) -> Vec<usize> {
-    (0..span)
+/// The positions of `seqs[i][seq_off..seq_off + span]` that are masked in some request, the
+/// only ones a commit policy reads; `None` when that is all of them or none (the head then
+/// runs on every position).
+fn head_rows(seqs: &[Vec<u32>], seq_off: usize, span: usize) -> Option<Vec<usize>> {
+    let q: Vec<usize> = (0..span)
         .filter(|&p| seqs.iter().any(|s| s.get(seq_off + p) == Some(&MASK)))
-        .collect()
+        .collect();
+    (!q.is_empty() && q.len() < span).then_some(q)
 }
 
 /// Logits `[rows, q.len(), vocab]` for positions `q` spread into `[rows, span, vocab]`, zero
@@ -1210,9 +1213,9 @@ impl<B: Backend> Decoder<'_, B> {
         only_masked: bool,
     ) -> Vec<f32> {
         let (n, rows, b) = (self.n, self.rows, self.b);
-        let head_rows = only_masked
-            .then(|| masked_rows(seqs, seq_off, span))
-            .filter(|q| !q.is_empty() && q.len() < span && !self.use_flash);
+        let head_rows = (only_masked && !self.use_flash)
+            .then(|| head_rows(seqs, seq_off, span))
+            .flatten();
         self.nfe += 1;
         let clean_rows = self.pending.take();
         let clean = clean_rows.as_ref().map_or(0, |c| c[0].len());
@@ -1322,13 +1325,13 @@ impl<B: Backend> Decoder<'_, B> {
             request_features: self.req_t.clone(),
         };
         // The same head rows as the cached call's, so the two agree call by call.
-        let q = masked_rows(seqs, seq_off, b);
-        if q.is_empty() || q.len() == b {
-            let (logits, _) = self.model.forward_range(input, None, seq_off, b);
-            return to_vec(logits);
+        match head_rows(seqs, seq_off, b) {
+            Some(q) => {
+                let (logits, _) = self.model.forward_rows(input, None, (seq_off, b), &q);
+                spread_rows(&to_vec(logits), &q, rows, b)
+            }
+            None => to_vec(self.model.forward_range(input, None, seq_off, b).0),
         }
-        let (logits, _) = self.model.forward_rows(input, None, (seq_off, b), &q);
-        spread_rows(&to_vec(logits), &q, rows, b)
     }
 
     /// One call in block-size-1 mode over a complete (or drafted) block per row: the logits

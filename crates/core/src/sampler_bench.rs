@@ -14,7 +14,7 @@ use crate::bench::{
     measure_decoding, quality_tolerance, DecodeRun, MarkovTask, OrderedFit, Repeats,
 };
 use crate::model::BlockDiffusionModel;
-use crate::sample::{CommitPolicy, Corrector, DecodingFloor, SamplerConfig, SpecRouting};
+use crate::sample::{CommitPolicy, Corrector, SamplerConfig, SpecRouting};
 use crate::CpuBackend;
 
 /// One policy's measurement.
@@ -39,6 +39,17 @@ pub struct SamplerRun {
     /// Further quality numbers of the benchmark (traj: `jsd_radius`, `dtw_km`, ...).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub extra: BTreeMap<String, f64>,
+}
+
+/// The decoding floor of a benchmark next to its AR mode ([`crate::sample::floor_call`]).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DecodingFloor {
+    /// Wall-clock seconds per sequence of one call over the whole sequence, measured like the
+    /// benchmark's policies (same batch, threads and sequences' lengths).
+    pub wall_s: f64,
+    /// AR mode's wall-clock over the floor: the largest speed-up over AR mode that any commit
+    /// policy of these weights could reach on this machine.
+    pub max_speedup_vs_ar: f64,
 }
 
 /// The whole report (`blockdiff bench samplers --json`).
@@ -138,9 +149,7 @@ impl SamplerBenchReport {
             runs,
         }
     }
-}
 
-impl SamplerBenchReport {
     /// Records the decoding floor's wall-clock per sequence against AR mode (`runs[0]`).
     pub fn set_floor(&mut self, wall_s: f64) {
         self.decoding_floor = Some(DecodingFloor {

@@ -95,7 +95,7 @@ fn check(batch: usize, block: usize, policy: CommitPolicy, with_cond: bool) {
             assert_eq!(reference.len(), view.logits.len());
             // The sampler computes logits where some request's position is still masked (the
             // only ones a policy reads) and leaves 0 elsewhere.
-            let vocab = 24;
+            let vocab = cfg.vocab_size;
             let mut compared = 0;
             for (k, (a, b)) in reference
                 .chunks(vocab)

@@ -407,26 +407,18 @@ impl<B: Backend> TrajModel<B> {
         let device = self.model.devices().into_iter().next().unwrap_or_default();
         let mut jobs = Vec::with_capacity(trips.len());
         for t in trips {
-            let mut ex = self
-                .tokenizer
-                .example(t)
-                .map_err(|e| TrajError::Config(e.to_string()))?;
-            ex.tokens.push(EOS);
             let req = TripRequest::of(t)
                 .ok_or_else(|| TrajError::Config("a trip with an empty route".into()))?;
-            ex.condition = self.conditioning(&req);
-            jobs.push(ex);
+            let mut tokens = self
+                .tokenizer
+                .encode(&t.route[1..].to_vec())
+                .map_err(|e| TrajError::Config(e.to_string()))?;
+            tokens.push(EOS);
+            jobs.push((self.conditioning(&req), tokens));
         }
         let started = std::time::Instant::now();
         let results = self.on_workers(jobs.len(), |k| {
-            floor_call(
-                &self.model,
-                &self.config,
-                &jobs[k].condition,
-                &jobs[k].tokens,
-                &device,
-            )
-            .map(|_| ())
+            floor_call(&self.model, &self.config, &jobs[k].0, &jobs[k].1, &device).map(|_| ())
         });
         let wall = started.elapsed().as_secs_f64();
         for r in results {

@@ -7,28 +7,17 @@
 //! computes every position's keys and values and the output head on one row. The wall-clock
 //! of that call is therefore a lower bound on every policy's time per sequence, at the same
 //! batch, threads and backend, and `AR wall / floor wall` bounds the speed-up over AR mode any
-//! commit policy could reach (`blockdiff bench samplers`, report field `decoding_floor`).
+//! commit policy could reach (`blockdiff bench samplers`, report field
+//! [`crate::sampler_bench::DecodingFloor`]).
 //! (Strictly, the last layer's output rows and the keys of tokens after the last decision are
 //! not needed either; the call skips the former, and the latter is a handful of rows.)
 
 use burn::prelude::*;
-use serde::{Deserialize, Serialize};
 
 use super::{check_vectors, int_tensor, request_feature_tensor, to_vec};
 use crate::condition::Condition;
 use crate::error::SampleError;
 use crate::model::{BlockDiffusionConfig, BlockDiffusionModel, ForwardInput};
-
-/// The decoding floor of a benchmark next to its AR mode.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct DecodingFloor {
-    /// Wall-clock seconds per sequence of one call over the whole sequence, measured like the
-    /// benchmark's policies (same batch, threads and sequences' lengths).
-    pub wall_s: f64,
-    /// AR mode's wall-clock over the floor: the largest speed-up over AR mode that any commit
-    /// policy of these weights could reach on this machine.
-    pub max_speedup_vs_ar: f64,
-}
 
 /// Runs the floor call for one request: the prompt (and condition vectors) ⊕ `tokens`, no
 /// cache and no mask, the output head on the last row only. Returns that row's logits.
